@@ -1,0 +1,34 @@
+# FFAvatar: `make demo` runs the main job end to end; `make test` runs the tests.
+# Both set up everything they need on a fresh machine (Python 3.11 venv in .venv).
+
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch: the CPU build is enough here; any torch >= 2.2 works (CUDA builds use gsplat on the GPU).
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: all install test demo bench clean
+
+all: test
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+demo: install
+	$(BIN)/ffavatar demo -o out/demo
+
+bench: install
+	$(BIN)/python bench/flame.py
+
+clean:
+	rm -rf $(VENV) out dist build *.egg-info .pytest_cache
