@@ -40,12 +40,15 @@ def head_model_id(model: dict[str, np.ndarray]) -> str:
 
 @dataclass
 class FlameOutput:
-    """Posed FLAME: vertices (B,V,3), joints (B,5,3), landmarks (B,L,3) or None,
-    and when asked the skinning transforms per vertex: rotations (B,V,3,3), translations (B,V,3)."""
+    """Posed FLAME: vertices (B,V,3), joints (B,5,3), landmarks (B,L,3) or None, and when asked
+    the rest-pose surface before skinning (blendshapes + correctives + offsets) ``rest (B,V,3)`` and
+    the skinning transforms per vertex: rotations (B,V,3,3), translations (B,V,3), so that
+    ``vertices = rotations @ rest + translations``."""
 
     vertices: Tensor
     joints: Tensor
     landmarks: Tensor | None = None
+    rest: Tensor | None = None
     rotations: Tensor | None = None
     translations: Tensor | None = None
 
@@ -150,6 +153,7 @@ class FlameModel(nn.Module):
             joints_posed = joints_posed + translation[:, None]
         out = FlameOutput(vertices=verts, joints=joints_posed, landmarks=self.landmarks(verts))
         if return_transforms:
+            out.rest = v_posed
             out.rotations = t[..., :3, :3]
             out.translations = t[..., :3, 3] + (0 if translation is None else translation[:, None])
         return out
