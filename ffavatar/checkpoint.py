@@ -1,0 +1,77 @@
+"""Files of tensors with JSON metadata: model checkpoints and ``.ffa`` avatars (safetensors only).
+
+Every file records what it was built on (``head_model_id``) and its kind; loading a file of another
+kind or for another head model is a clear error, never silent garbage. Writes are atomic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .errors import CheckpointError, HeadModelMismatch
+
+META_KEY = "ffavatar"
+
+
+def versions() -> dict[str, str]:
+    """Versions recorded in every file."""
+    return {"ffavatar": __version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
+    """Atomically write ``tensors`` (contiguous CPU copies) and ``meta`` (JSON) as safetensors."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(flat, str(tmp), metadata={META_KEY: json.dumps({**meta, "versions": versions()})})
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The JSON metadata of a file written by :func:`save_tensors` (without loading tensors)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"file not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n < 100_000_000:
+                raise ValueError("bad header length")
+            header = json.loads(f.read(n))
+        return json.loads(header["__metadata__"][META_KEY])
+    except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path.name} is not an FFAvatar file (safetensors with metadata): {e}") from e
+
+
+def load_tensors(path: str | Path, kind: str, head_model_id: str | None = None,
+                 device: torch.device | str = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Load a file of ``kind`` ("checkpoint" or "avatar"); check its head model when given."""
+    meta = read_meta(path)
+    if meta.get("kind") != kind:
+        raise CheckpointError(f"{Path(path).name} is a {meta.get('kind')!r} file, expected {kind!r}")
+    if head_model_id is not None and meta.get("head_model_id") != head_model_id:
+        raise HeadModelMismatch(
+            f"{Path(path).name} was built on head model {meta.get('head_model_id')}, but the loaded head model "
+            f"is {head_model_id}", hint="load the same FLAME file (or the demo head) it was built with")
+    try:
+        tensors = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{Path(path).name} is truncated or corrupt: {e}") from e
+    return tensors, meta
