@@ -63,6 +63,41 @@ def cmd_head(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synth(args: argparse.Namespace) -> int:
+    """Render a synthetic multi-view dataset from the head model (random identities, expressions,
+    poses, cameras) in the generic folder format (docs/datasets.md)."""
+    from tqdm import tqdm
+
+    from .data.synthetic import SynthConfig, SyntheticHead, generate
+    from .flame import load_head_model
+
+    cfg = SynthConfig(identities=args.identities, frames=args.frames, views=args.views, size=args.size,
+                      seed=args.seed, subdivision=args.subdivision, lighting=not args.no_lighting)
+    head = SyntheticHead(load_head_model(args.flame, args.flame_landmarks), cfg.subdivision)
+    with tqdm(total=cfg.identities * cfg.frames * cfg.views, unit="img", desc="synth") as bar:
+        out = generate(cfg, args.output, progress=bar.update, head=head)
+    print(f"wrote {cfg.identities} identities x {cfg.frames} frames x {cfg.views} views to {out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train the network on few-to-many samples (stage, data, model and optimizer from a TOML config;
+    see configs/). Works under torchrun: torchrun --nproc_per_node N -m ffavatar.train --config C."""
+    from .train.config import load_config
+    from .train.trainer import Trainer
+
+    cfg = load_config(args.config, args.set)
+    if args.out:
+        cfg.out_dir = args.out
+    trainer = Trainer(cfg, flame=args.flame, device=args.device)
+    if args.resume:
+        trainer.resume()
+    trainer.fit()
+    if trainer.is_main:
+        print(f"checkpoint: {trainer.out / 'checkpoint.safetensors'} (step {trainer.step})")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the end-to-end demo on the embedded defaults (grows with the project)."""
     args.output = str(Path(args.output))
@@ -84,6 +119,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="out/head", help="output folder (default: out/head)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random identity example")
     p.set_defaults(func=cmd_head)
+
+    p = sub.add_parser("synth", help="render a synthetic multi-view dataset from the head model",
+                       description=cmd_synth.__doc__)
+    _add_flame(p)
+    p.add_argument("--identities", type=int, default=4, help="number of identities (default 4)")
+    p.add_argument("--frames", type=int, default=4, help="frames (expressions/poses) per identity (default 4)")
+    p.add_argument("--views", type=int, default=4, help="camera views per frame (default 4)")
+    p.add_argument("--size", type=int, default=128, help="image size in pixels (square, default 128)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same bytes")
+    p.add_argument("--subdivision", type=int, default=1, choices=(0, 1, 2),
+                   help="surface subdivision level for the rendered Gaussians (default 1)")
+    p.add_argument("--no-lighting", action="store_true", help="flat albedo instead of random lighting")
+    p.add_argument("-o", "--output", required=True, help="output dataset folder")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("train", help="train the network (pretrain / multiview stages)",
+                       description=cmd_train.__doc__)
+    _add_flame(p)
+    p.add_argument("--config", help="TOML config (configs/*.toml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set steps=2000 --set optim.lr=1e-4 (repeatable)")
+    p.add_argument("--out", help="output folder (overrides out_dir)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint + train_state")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: per rank)")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="run the demo on the built-in defaults", description=cmd_demo.__doc__)
     p.add_argument("-o", "--output", default="out/demo", help="output folder (default: out/demo)")

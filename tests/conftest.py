@@ -45,3 +45,43 @@ def make_tiny_flame(seed: int = 0, n_shape: int = 6, n_expr: int = 4, level: int
 @pytest.fixture
 def tiny_flame() -> dict:
     return make_tiny_flame()
+
+
+def make_folder_dataset(root, identities: int = 3, frames: int = 3, views: int = 2, size: int = 32, seed: int = 0):
+    """A small multi-view folder dataset of smooth random images (learnable colour blobs) with masks."""
+    from ffavatar.data.folder import FrameRecord, IdentityRecord, ViewRecord, write_dataset_index, write_identity
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    ids = []
+    for i in range(identities):
+        rec = IdentityRecord(id=f"p{i:02d}")
+        base = rng.uniform(0.2, 0.8, 3)
+        images = []
+        for f in range(frames):
+            rec.frames.append(FrameRecord(index=f, expression=[0.0] * 4, pose=[[0.0] * 3] * 5, views=[
+                ViewRecord(view=v, image=f"images/{f:06d}_{v:02d}.png", mask=f"masks/{f:06d}_{v:02d}.png")
+                for v in range(views)]))
+            row = []
+            for v in range(views):
+                blob = np.exp(-((xx - 0.5 - 0.1 * v) ** 2 + (yy - 0.5) ** 2) / 0.05)
+                rgb = np.clip(1 - blob[..., None] * (1 - base) + 0.02 * rng.normal(size=(size, size, 3)), 0, 1)
+                row.append(((rgb * 255).astype(np.uint8), (blob > 0.3).astype(np.uint8) * 255))
+            images.append(row)
+        write_identity(root, rec, images)
+        ids.append(rec.id)
+    write_dataset_index(root, "multiview", ids)
+    return root
+
+
+TINY_TRAIN = ["batch_size=2", "sampler.size=32", "sampler.max_sources=2", "sampler.targets=1",
+              "model.n_shape=6", "model.n_expr=4", "model.encoder.image_size=56", "model.encoder.pos_embed_size=56",
+              "grid_every=0", "log_every=1", "checkpoint_every=0", "optim.warmup_steps=2", "optim.lr=1e-3"]
+"""Overrides that make a training step take well under a second on 2 CPU cores."""
+
+
+@pytest.fixture
+def tiny_flame_file(tmp_path) -> str:
+    path = tmp_path / "tiny_flame.npz"
+    np.savez(path, **make_tiny_flame())
+    return str(path)

@@ -1,0 +1,1 @@
+"""Training: losses, the few-to-many trainer (stages as TOML configs), torchrun DDP."""
