@@ -151,9 +151,14 @@ class Reconstructor:
         path = Path(path) if path is not None else (DEFAULT_CHECKPOINT if DEFAULT_CHECKPOINT.is_file() else None)
         if path is None:
             log.warning("no checkpoint given and none bundled: using an UNTRAINED tiny model")
-            pipe = AvatarPipeline(ModelConfig.preset("tiny"), head)
+            n_shape = int(head["n_shape"])
+            config = ModelConfig.preset("tiny").override({"n_shape": min(50, n_shape),
+                                                         "n_expr": min(50, head["shapedirs"].shape[2] - n_shape)})
+            pipe = AvatarPipeline(config, head)
             return cls(pipe.to(dev), {"untrained": True})
         meta = read_meta(path)
+        if meta.get("kind") != "checkpoint":
+            raise CheckpointError(f"{path.name} is a {meta.get('kind')!r} file, not a model checkpoint")
         config = ModelConfig.from_dict(meta.get("config", {}))
         pipe = AvatarPipeline(config, head, subdivision=int(meta.get("subdivision", 1)))
         tensors, meta = load_tensors(path, "checkpoint", pipe.head_model_id)
@@ -380,7 +385,7 @@ class Avatar:
     def to_ply(self, path: str | Path) -> Path:
         """Standard 3DGS PLY of the neutral avatar (opens in common splat viewers)."""
         path = Path(path)
-        write_ply(path, self.neutral_gaussians().detach().cpu().to(torch.float32))
+        write_ply(path, self.neutral_gaussians().detach().to("cpu", torch.float32))
         return path
 
     def save(self, path: str | Path) -> Path:

@@ -98,6 +98,107 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reconstructor(args: argparse.Namespace):
+    from .api import Reconstructor
+
+    return Reconstructor.from_checkpoint(args.checkpoint, device=args.device, flame=args.flame,
+                                         landmarks=args.flame_landmarks)
+
+
+def _bar(desc: str, total: int | None = None):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total or 100, desc=desc, unit="%" if total is None else "it")
+
+    def update(fraction: float, message: str) -> None:
+        bar.n = round(fraction * bar.total)
+        bar.set_postfix_str(message[-40:])
+        bar.refresh()
+    return bar, update
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    """Build an avatar from 1..N portraits of one person (any size, JPEG/PNG; the face is detected and
+    cropped unless --crop says otherwise) and save it as .ffa (optionally personalized)."""
+    from .images import load_image
+
+    rec = _reconstructor(args)
+    images = [load_image(p) for p in args.images]
+    bar, update = _bar("reconstruct")
+    avatar = rec.reconstruct(images, crop=args.crop, progress=update)
+    bar.close()
+    if args.personalize_steps:
+        bar, update = _bar("personalize")
+        r = avatar.personalize(steps=args.personalize_steps, progress=update)
+        bar.close()
+        print(f"personalized {r['steps']} steps: PSNR {r['psnr_before']:.2f} -> {r['psnr_after']:.2f} dB")
+    out = avatar.save(args.output)
+    print(f"wrote {out} ({avatar.canonical.num_points} Gaussians, head model {avatar.head_model_id}, "
+          f"{avatar.metadata['reconstruct_seconds']:.2f} s)")
+    return 0
+
+
+def cmd_personalize(args: argparse.Namespace) -> int:
+    """Fine-tune a saved avatar on its portraits (the same images it was built from, or more of the
+    same person) for N steps and save it (in place unless -o is given)."""
+    from .api import Avatar
+    from .images import load_image
+
+    rec = _reconstructor(args)
+    avatar = Avatar.load(args.avatar, rec)
+    bar, update = _bar("personalize")
+    r = avatar.personalize([load_image(p) for p in args.images], steps=args.steps, crop=args.crop, progress=update)
+    bar.close()
+    out = avatar.save(args.output or args.avatar)
+    print(f"PSNR on the portraits {r['psnr_before']:.2f} -> {r['psnr_after']:.2f} dB in {r['seconds']:.1f} s; wrote {out}")
+    return 0
+
+
+def cmd_animate(args: argparse.Namespace) -> int:
+    """Reenact an avatar from a driver clip (video file, image folder or images): FLAME expression,
+    pose and camera are predicted from each frame; writes PNG frames, track.npz and an MP4."""
+    from tqdm import tqdm
+
+    from .api import Avatar, FlameTrack
+    from .images import read_frames, save_image, video_fps, write_video
+    from .render.camera import Camera
+
+    rec = _reconstructor(args)
+    avatar = Avatar.load(args.avatar, rec)
+    out = Path(args.output)
+    src = args.driver[0] if len(args.driver) == 1 else args.driver
+    fps = video_fps(src) if isinstance(src, str) and Path(src).is_file() and not src.lower().endswith(
+        (".png", ".jpg", ".jpeg")) else args.fps
+    orbit = None
+    if args.camera == "orbit":
+        orbit = Camera.orbit(args.orbit_frames, 0.65, 5.0, focal=1.8 * args.size, width=args.size,
+                             height=args.size, device=rec.device)
+    camera = (lambda i: orbit[i % len(orbit)]) if orbit is not None else None
+    frames, params = [], []
+    for f in tqdm(avatar.animate(read_frames(src, args.max_frames), size=args.size, camera=camera, crop=args.crop),
+                  desc="animate", unit="frame"):
+        save_image(out / "frames" / f"{f.index:06d}.png", f.image)
+        frames.append(f.image)
+        params.append(f.params)
+    import numpy as np
+    track = FlameTrack(np.array([p["expression"] for p in params], np.float32), np.array([p["pose"] for p in params], np.float32),
+                       np.array([p["cam_rot"] for p in params], np.float32), np.array([p["cam_t"] for p in params], np.float32),
+                       np.array([p["focal"] for p in params], np.float32), fps, rec.expression_names)
+    track.save(out / "track.npz")
+    write_video(out / "animation.mp4", frames, fps)
+    print(f"wrote {len(frames)} frames to {out}/frames, {out}/track.npz, {out}/animation.mp4")
+    return 0
+
+
+def cmd_export_ply(args: argparse.Namespace) -> int:
+    """Export an avatar (neutral expression, identity shape applied) as a standard 3DGS PLY."""
+    from .api import Avatar
+
+    avatar = Avatar.load(args.avatar, _reconstructor(args))
+    print(f"wrote {avatar.to_ply(args.output)}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the end-to-end demo on the embedded defaults (grows with the project)."""
     args.output = str(Path(args.output))
@@ -133,6 +234,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-lighting", action="store_true", help="flat albedo instead of random lighting")
     p.add_argument("-o", "--output", required=True, help="output dataset folder")
     p.set_defaults(func=cmd_synth)
+
+    def model_args(p: argparse.ArgumentParser) -> None:
+        _add_flame(p)
+        p.add_argument("--checkpoint", help="model checkpoint (.safetensors); default: the bundled demo model")
+        p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+        p.add_argument("--crop", default="detect", choices=("detect", "center", "none"),
+                       help="detect: find the face and crop around it (default); center: centred square; "
+                            "none: images are already square head crops")
+
+    p = sub.add_parser("reconstruct", help="portraits -> avatar (.ffa)", description=cmd_reconstruct.__doc__)
+    p.add_argument("images", nargs="+", help="1..N portraits of one person")
+    p.add_argument("-o", "--output", required=True, help="avatar file to write (.ffa)")
+    p.add_argument("--personalize-steps", type=int, default=0, help="personalization steps after reconstruction")
+    model_args(p)
+    p.set_defaults(func=cmd_reconstruct)
+
+    p = sub.add_parser("personalize", help="fine-tune an avatar on its portraits", description=cmd_personalize.__doc__)
+    p.add_argument("avatar", help="avatar file (.ffa)")
+    p.add_argument("images", nargs="+", help="portraits of the same person")
+    p.add_argument("--steps", type=int, default=500, help="optimization steps (default 500)")
+    p.add_argument("-o", "--output", help="write here instead of overwriting the avatar")
+    model_args(p)
+    p.set_defaults(func=cmd_personalize)
+
+    p = sub.add_parser("animate", help="drive an avatar from a clip -> frames, track, MP4", description=cmd_animate.__doc__)
+    p.add_argument("avatar", help="avatar file (.ffa)")
+    p.add_argument("--driver", nargs="+", required=True, help="video file, image folder, or image files")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--size", type=int, default=512, help="output size in pixels (default 512)")
+    p.add_argument("--camera", default="driver", choices=("driver", "orbit"),
+                   help="driver: each frame's predicted camera (default); orbit: a turntable around the head")
+    p.add_argument("--orbit-frames", type=int, default=60, help="frames per orbit turn (with --camera orbit)")
+    p.add_argument("--fps", type=float, default=25.0, help="frame rate for image sequences (videos keep theirs)")
+    p.add_argument("--max-frames", type=int, default=None, help="stop after this many driver frames")
+    model_args(p)
+    p.set_defaults(func=cmd_animate)
+
+    p = sub.add_parser("export-ply", help="avatar -> standard 3DGS PLY", description=cmd_export_ply.__doc__)
+    p.add_argument("avatar", help="avatar file (.ffa)")
+    p.add_argument("-o", "--output", required=True, help="PLY file to write")
+    model_args(p)
+    p.set_defaults(func=cmd_export_ply)
 
     p = sub.add_parser("train", help="train the network (pretrain / multiview stages)",
                        description=cmd_train.__doc__)
