@@ -66,8 +66,15 @@ class SamplerConfig:
     sources_same_frame: bool = False
 
 
-def _resize(img: np.ndarray, size: int) -> np.ndarray:
-    if img.shape[0] == size and img.shape[1] == size:
+def _resize(img: np.ndarray, size: int, fill: float) -> np.ndarray:
+    """Pad to a centred square (``fill``), keeping the aspect, then resize to ``size``."""
+    h, w = img.shape[:2]
+    if h != w:
+        side = max(h, w)
+        top, left = (side - h) // 2, (side - w) // 2
+        img = cv2.copyMakeBorder(img, top, side - h - top, left, side - w - left, cv2.BORDER_CONSTANT,
+                                 value=(fill,) * (img.shape[2] if img.ndim == 3 else 1))
+    if img.shape[0] == size:
         return img
     interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_LINEAR
     return cv2.resize(img, (size, size), interpolation=interp)
@@ -98,8 +105,8 @@ def sample_few_to_many(record: IdentityRecord, load: Callable[[ViewRecord], tupl
 
     def image(i: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
         rgb, mask = load(views[i][1])
-        rgb = torch.from_numpy(np.ascontiguousarray(_resize(rgb, s))).permute(2, 0, 1)
-        alpha = torch.from_numpy(_resize(mask, s)) if mask is not None else torch.ones(s, s)
+        rgb = torch.from_numpy(np.ascontiguousarray(_resize(rgb, s, 1.0))).permute(2, 0, 1)
+        alpha = torch.from_numpy(_resize(mask, s, 0.0)) if mask is not None else torch.ones(s, s)
         return rgb.float(), alpha.float(), mask is not None
 
     source = torch.zeros(cfg.max_sources, 3, s, s)

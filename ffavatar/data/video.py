@@ -1,0 +1,305 @@
+"""Monocular videos (or image folders) → the generic folder format, one identity per clip.
+
+Each clip becomes a ``monocular`` identity (id = the file stem, or the folder name, sanitised to the
+:func:`~ffavatar.data.folder.check_id` alphabet). Frames are face-cropped to ``size`` squares:
+
+* ``crop="detect"``: pass 1 decodes the clip and runs OpenCV's face detector on every kept frame
+  (or every ``detect_every``-th, interpolating between); the boxes (centre x, centre y, side) are
+  checked against a running median for outliers and smoothed by a Gaussian-weighted local line fit
+  so the crop neither jitters nor lags; pass 2 decodes again and cuts the smoothed boxes (two passes
+  keep memory bounded for long clips). Frames without a face are skipped and counted.
+* ``crop="center"``: the centred square of each frame (no detection).
+
+Masks and cameras are absent (monocular data). Conversion is resumable: a clip whose identity
+folder already holds an ``identity.json`` is skipped unless ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..errors import FFAvatarError, InvalidInput
+from ..images import IMAGE_SUFFIXES, FaceDetector, read_frames, save_image
+from .folder import FrameRecord, IdentityRecord, ViewRecord, check_id, write_dataset_index, write_identity
+
+log = logging.getLogger(__name__)
+
+CROPS = ("detect", "center")
+FACE_MARGIN = 1.9  # crop side = this × the detected face box side (hair and chin), as images.crop_portrait
+FACE_CENTER_Y = 0.45  # crop centre at this fraction of the face box height (eyes sit above the box centre)
+
+
+@dataclass
+class VideoConversion:
+    """What :func:`convert_videos` did. Counts are per identity id."""
+
+    root: Path
+    identities: list[str] = field(default_factory=list)
+    frames: dict[str, int] = field(default_factory=dict)
+    skipped_no_face: dict[str, int] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)
+    existing: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def total_skipped(self) -> int:
+        return sum(self.skipped_no_face.values())
+
+
+def sanitize_id(name: str, fallback: str = "clip") -> str:
+    """A valid identity id from a file stem: other characters become ``_``, leading ``_.-`` dropped,
+    at most 128 characters."""
+    s = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).lstrip("_.-")[:128].rstrip(".")
+    return check_id(s or fallback)
+
+
+def _unique_ids(paths: Sequence[Path]) -> list[str]:
+    """Sanitised ids, made unique in input order by ``-2``, ``-3``, ... suffixes."""
+    used: set[str] = set()
+    out = []
+    for p in paths:
+        base = sanitize_id(p.name if p.is_dir() else p.stem)
+        ident, n = base, 1
+        while ident in used:
+            n += 1
+            ident = check_id(f"{base[:120]}-{n}")
+        used.add(ident)
+        out.append(ident)
+    return out
+
+
+def smooth_boxes(times: np.ndarray, boxes: np.ndarray, sigma: float = 2.0, median: int = 5,
+                 outlier: float = 0.2) -> np.ndarray:
+    """Temporally smoothed crop boxes.
+
+    Args:
+        times: (N,) frame times (any unit; ``sigma`` is in the same unit), increasing.
+        boxes: (N, 3) per-frame (centre x, centre y, side) in pixels.
+        sigma: width of the Gaussian-weighted local linear fit (steady motion is followed without
+            lag, also at the ends); 0 disables it.
+        median: odd window (in samples) of a running median; a box that differs from it by more than
+            ``outlier`` × its side (a false or jumpy detection) is replaced by the median first.
+    Returns:
+        (N, 3) smoothed boxes. Frames more than 3σ apart do not influence each other, so a gap in the
+        detections (a cut) is not smeared across.
+    """
+    t = np.asarray(times, dtype=np.float64)
+    b = np.asarray(boxes, dtype=np.float64)
+    n = len(b)
+    if n == 0:
+        return b.reshape(0, 3)
+    if median > 1:
+        h = median // 2
+        med = np.stack([np.median(b[max(0, i - h):i + h + 1], axis=0) for i in range(n)])
+        bad = (np.abs(b - med) > outlier * np.abs(med[:, 2:3])).any(axis=1)
+        b = np.where(bad[:, None], med, b)
+    if sigma <= 0:
+        return b
+    out = np.empty_like(b)
+    lo = np.searchsorted(t, t - 3 * sigma, side="left")
+    hi = np.searchsorted(t, t + 3 * sigma, side="right")
+    for i in range(n):  # Gaussian-weighted local line fit, evaluated at t_i (no lag on steady motion)
+        d = t[lo[i]:hi[i]] - t[i]
+        w = np.exp(-0.5 * (d / sigma) ** 2)
+        y = b[lo[i]:hi[i]]
+        s0, s1, s2 = w.sum(), (w * d).sum(), (w * d * d).sum()
+        y0, y1 = (w[:, None] * y).sum(0), ((w * d)[:, None] * y).sum(0)
+        det = s0 * s2 - s1 * s1
+        out[i] = (s2 * y0 - s1 * y1) / det if det > 1e-9 * max(s0 * s2, 1e-30) else y0 / s0
+    return out
+
+
+def crop_box(img: np.ndarray, cx: float, cy: float, side: float, size: int) -> np.ndarray:
+    """The square ``side`` px box centred at (cx, cy) of RGB uint8 ``img``, resized to ``size``;
+    outside the image the border pixels are replicated."""
+    h, w = img.shape[:2]
+    s = max(1, int(round(side)))
+    x0, y0 = int(round(cx - s / 2)), int(round(cy - s / 2))
+    pad = max(0, -x0, -y0, x0 + s - w, y0 + s - h)
+    if pad:
+        img = cv2.copyMakeBorder(img, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+        x0, y0 = x0 + pad, y0 + pad
+    patch = img[y0:y0 + s, x0:x0 + s]
+    if s == size:
+        return np.ascontiguousarray(patch)
+    return cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA if s > size else cv2.INTER_LINEAR)
+
+
+def _kept(source: Path, every: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(source frame index, RGB uint8 frame) for every ``every``-th frame of a clip."""
+    for i, frame in enumerate(read_frames(source)):
+        if i % every == 0:
+            yield i, frame
+
+
+def _detect_boxes(source: Path, every: int, max_frames: int | None, detector: FaceDetector, smooth: float,
+                  detect_every: int = 1) -> tuple[list[int], np.ndarray, int]:
+    """Pass 1: detect faces on every ``detect_every``-th kept frame, smooth the boxes over time and
+    interpolate them to the frames in between (a frame needs a face on the detections either side of
+    it). Returns (source frame indices to write, their (N, 3) boxes, kept frames without a face)."""
+    kept: list[int] = []
+    det_k, det_box = [], []
+    for k, (i, frame) in enumerate(_kept(source, every)):
+        if max_frames is not None and len(det_k) * detect_every >= max_frames + detect_every:
+            break
+        kept.append(i)
+        if k % detect_every:
+            continue
+        box = detector.detect(frame)
+        if box is None:
+            continue
+        det_k.append(k)
+        det_box.append((box.x + box.w / 2, box.y + box.h * FACE_CENTER_Y, max(box.w, box.h) * FACE_MARGIN))
+    if not det_k:
+        return [], np.zeros((0, 3)), len(kept)
+    t = np.asarray(det_k, dtype=np.float64)
+    boxes = smooth_boxes(t, np.asarray(det_box, dtype=np.float64), sigma=max(smooth, float(detect_every)))
+    found = set(det_k)
+    idx, out = [], []
+    for k, i in enumerate(kept):
+        s0 = k - k % detect_every
+        s1 = s0 + detect_every
+        if s0 not in found or (k != s0 and s1 < len(kept) and s1 not in found):
+            continue  # no face here, or not on both detections around this frame
+        idx.append(i)
+        if k > det_k[-1] and len(det_k) > 1:  # the few frames after the last detection: extrapolate
+            slope = (boxes[-1] - boxes[-2]) / (t[-1] - t[-2])
+            out.append(boxes[-1] + slope * (k - t[-1]))
+        else:
+            out.append([np.interp(k, t, boxes[:, c]) for c in range(3)])
+    return idx, np.asarray(out, dtype=np.float64).reshape(-1, 3), len(kept) - len(idx)
+
+
+def _convert_one(source: Path, ident: str, root: Path, *, size: int, every: int, max_frames: int | None,
+                 crop: str, fmt: str, smooth: float, detector: FaceDetector | None,
+                 detect_every: int = 1) -> tuple[int, int]:
+    """Write one identity's frames and identity.json; returns (frames written, frames without a face)."""
+    folder = root / ident
+    frames: list[FrameRecord] = []
+
+    def write(i: int, img: np.ndarray) -> None:
+        name = f"images/{i:06d}_00.{fmt}"
+        save_image(folder / name, img)
+        frames.append(FrameRecord(index=i, views=[ViewRecord(view=0, image=name)]))
+
+    skipped = 0
+    if crop == "detect":
+        assert detector is not None
+        idx, boxes, skipped = _detect_boxes(source, every, max_frames, detector, smooth, detect_every)
+        if max_frames is not None:
+            idx, boxes = idx[:max_frames], boxes[:max_frames]
+        if idx:
+            lookup = {i: k for k, i in enumerate(idx)}
+            for i, frame in _kept(source, every):
+                if i > idx[-1]:
+                    break
+                if i in lookup:
+                    cx, cy, side = boxes[lookup[i]]
+                    write(i, crop_box(frame, cx, cy, side, size))
+    else:
+        for i, frame in _kept(source, every):
+            if max_frames is not None and len(frames) >= max_frames:
+                break
+            h, w = frame.shape[:2]
+            write(i, crop_box(frame, w / 2, h / 2, min(w, h), size))
+    if frames:
+        write_identity(root, IdentityRecord(id=ident, frames=frames), [])
+    return len(frames), skipped
+
+
+def convert_videos(videos: Sequence[str | Path], out_dir: str | Path, size: int = 256, every: int = 1,
+                   max_frames: int | None = None, crop: str = "detect", progress: Callable[[int], None] | None = None,
+                   *, fmt: str = "png", smooth: float = 2.0, detect_every: int = 1, min_frames: int = 2,
+                   overwrite: bool = False) -> VideoConversion:
+    """Convert clips to a monocular folder dataset at ``out_dir`` (created or extended).
+
+    Args:
+        videos: video files (anything OpenCV decodes) and/or folders of images (one identity each).
+        size: output crop side in pixels.
+        every: keep every ``every``-th source frame.
+        max_frames: at most this many frames written per identity.
+        crop: ``"detect"`` (smoothed face box) or ``"center"`` (centred square).
+        progress: called with 1 after each clip (``tqdm.update`` fits).
+        fmt: ``"png"`` or ``"jpg"`` image files.
+        smooth: Gaussian σ of the box smoothing, in kept frames.
+        detect_every: run the (slow) face detector on every n-th kept frame only and interpolate the
+            boxes in between (frames between a face and a miss are skipped).
+        min_frames: identities with fewer written frames are dropped (few-to-many needs 2 images).
+        overwrite: redo identities that already have an identity.json (else they are kept and skipped).
+    Returns:
+        A :class:`VideoConversion` report. A clip that fails to decode is recorded in ``failed`` and
+        the others go on; ``dataset.json`` lists the old and the new identities.
+    """
+    if crop not in CROPS:
+        raise InvalidInput(f"crop must be one of {CROPS}, got {crop!r}")
+    if fmt not in ("png", "jpg"):
+        raise InvalidInput(f"fmt must be 'png' or 'jpg', got {fmt!r}")
+    if int(size) < 8 or int(every) < 1 or (max_frames is not None and max_frames < 1) or min_frames < 1 \
+            or int(detect_every) < 1:
+        raise InvalidInput("need size >= 8, every >= 1, detect_every >= 1, max_frames >= 1 (or None) and "
+                           "min_frames >= 1")
+    paths = [Path(v) for v in videos]
+    for p in paths:
+        if not p.exists():
+            raise InvalidInput(f"clip not found: {p}")
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+            raise InvalidInput(f"{p} is a single image; give a video or a folder of images per identity")
+    root = Path(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    index = root / "dataset.json"
+    known: list[str] = []
+    if index.is_file():
+        from .folder import FolderDataset
+
+        ds = FolderDataset(root)
+        if ds.kind != "monocular":
+            raise InvalidInput(f"{root} holds a {ds.kind} dataset; convert videos into another folder")
+        known = list(ds.identities)
+    detector = FaceDetector() if crop == "detect" else None
+    report = VideoConversion(root=root)
+    for path, ident in zip(paths, _unique_ids(paths)):
+        folder = root / ident
+        if (folder / "identity.json").is_file() and not overwrite:
+            report.existing.append(ident)
+        else:
+            if folder.exists():
+                shutil.rmtree(folder)
+            try:
+                n, skipped = _convert_one(path, ident, root, size=int(size), every=int(every),
+                                          max_frames=max_frames, crop=crop, fmt=fmt, smooth=smooth,
+                                          detector=detector, detect_every=int(detect_every))
+            except FFAvatarError as e:
+                log.warning("skipping %s: %s", path, e)
+                report.failed[ident] = str(e)
+                shutil.rmtree(folder, ignore_errors=True)
+                n, skipped = 0, 0
+            else:
+                report.skipped_no_face[ident] = skipped
+                if n < min_frames:
+                    log.info("%s: %d usable frame(s) (< %d); dropped", path, n, min_frames)
+                    report.dropped.append(ident)
+                    shutil.rmtree(folder, ignore_errors=True)
+                else:
+                    report.identities.append(ident)
+                    report.frames[ident] = n
+        if progress is not None:
+            progress(1)
+    gone = set(report.dropped) | set(report.failed)
+    listed = [i for i in known if i not in gone]
+    listed += [i for i in report.identities + report.existing if i not in set(listed)]
+    write_dataset_index(root, "monocular", listed, extra={"generator": "ffavatar.video", "crop": crop,
+                                                           "size": int(size), "every": int(every)})
+    log.info("%s: %d identities written, %d frames without a face skipped", root, len(report.identities),
+             report.total_skipped)
+    return report
+
+
+__all__ = ["VideoConversion", "convert_videos", "crop_box", "sanitize_id", "smooth_boxes"]

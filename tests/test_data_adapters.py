@@ -1,0 +1,432 @@
+"""Dataset adapters on tiny fabricated trees: videos → folder format, NeRSemble and Ava-256 read in
+place (images, masks, cameras, counts), and dataset specs → sources."""
+
+from __future__ import annotations
+
+import csv
+import json
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from ffavatar.data.ava256 import Ava256Source
+from ffavatar.data.folder import (FolderDataset, FrameRecord, IdentityRecord, ViewRecord, write_dataset_index,
+                                  write_identity)
+from ffavatar.data.nersemble import NeRSembleSource, scaled_intrinsics
+from ffavatar.data.shards import ShardSpec, pack
+from ffavatar.data.sources import open_source, parse_spec
+from ffavatar.data.video import convert_videos, crop_box, sanitize_id, smooth_boxes
+from ffavatar.errors import InvalidInput, NotFound
+from ffavatar.images import encode_image, save_image, write_video
+from ffavatar.render.camera import Camera
+
+
+def _rot(axis, angle):
+    """Rotation matrix (3,3) about a unit axis."""
+    r, _ = cv2.Rodrigues(np.asarray(axis, float) / np.linalg.norm(axis) * angle)
+    return r
+
+
+def _project(K, viewmat, p):
+    cam = Camera(torch.tensor(K, dtype=torch.float64), torch.tensor(viewmat, dtype=torch.float64), 10, 10)
+    return cam.project(torch.tensor(np.asarray(p)[None], dtype=torch.float64))[0, 0].numpy()
+
+
+# ---------------------------------------------------------------------------------------- video
+def _clip_frames(n=8, h=48, w=80):
+    frames = []
+    for i in range(n):
+        f = np.zeros((h, w, 3), np.uint8)
+        f[:, :24] = (200, 40, 40)
+        f[:, 24:56] = (20 * i + 30, 200 - 20 * i, 90)
+        f[:, 56:] = (40, 40, 200)
+        frames.append(f)
+    return frames
+
+
+def test_video_center_crop_writes_every_nth_frame_with_the_centre_square(tmp_path):
+    frames = _clip_frames()
+    video = write_video(tmp_path / "my clip(1).mp4", frames, fps=10)
+    calls = []
+    rep = convert_videos([video], tmp_path / "out", size=32, every=2, crop="center", progress=calls.append)
+    ident = "my_clip_1_"
+    assert rep.identities == [ident] and rep.frames == {ident: 4} and calls == [1]
+    ds = FolderDataset(tmp_path / "out")
+    assert ds.kind == "monocular" and ds.identities == [ident]
+    rec = ds.identity(ident)
+    assert [f.index for f in rec.frames] == [0, 2, 4, 6]
+    for f in rec.frames:
+        (view,) = f.views
+        assert view.mask is None and view.camera is None
+        rgb, mask = ds.load_view(ident, view)
+        assert rgb.shape == (32, 32, 3) and mask is None
+        # centre square = source columns 16..64 → the middle band lands on output columns ~5.3..26.7
+        mid = rgb[4:28, 8:24].reshape(-1, 3).mean(0) * 255
+        np.testing.assert_allclose(mid, [20 * f.index + 30, 200 - 20 * f.index, 90], atol=12)
+        np.testing.assert_allclose(rgb[4:28, 0:3].reshape(-1, 3).mean(0) * 255, [200, 40, 40], atol=20)
+        np.testing.assert_allclose(rgb[4:28, 29:].reshape(-1, 3).mean(0) * 255, [40, 40, 200], atol=20)
+
+
+def test_video_limits_folders_unique_ids_and_resume(tmp_path):
+    frames = _clip_frames(6)
+    a = write_video(tmp_path / "a" / "clip.mp4", frames)
+    b = write_video(tmp_path / "b" / "clip.mp4", frames)
+    folder = tmp_path / "person.A"
+    for i in range(3):
+        save_image(folder / f"{i:03d}.png", frames[i][:, 16:64])
+    out = tmp_path / "out"
+    rep = convert_videos([a, b, folder], out, size=16, max_frames=3, crop="center", fmt="jpg")
+    assert rep.identities == ["clip", "clip-2", "person.A"]
+    assert rep.frames == {"clip": 3, "clip-2": 3, "person.A": 3}
+    ds = FolderDataset(out)
+    assert ds.identity("person.A").frames[2].views[0].image == "images/000002_00.jpg"
+    rgb, _ = ds.load_view("person.A", ds.identity("person.A").frames[1].views[0])
+    np.testing.assert_allclose(rgb[4:12, 4:12].reshape(-1, 3).mean(0) * 255, [50, 180, 90], atol=6)
+    again = convert_videos([a, b, folder], out, size=16, crop="center")
+    assert again.existing == ["clip", "clip-2", "person.A"] and again.identities == []
+    assert FolderDataset(out).identities == ["clip", "clip-2", "person.A"]
+    assert sanitize_id("..weird name!") == "weird_name_"
+
+
+def test_video_detect_skips_and_counts_frames_without_a_face(tmp_path):
+    y, x = np.mgrid[0:48, 0:64]
+    frames = [np.stack([(x * 4 + i * 9) % 256, y * 5, np.full_like(x, 80)], -1).astype(np.uint8) for i in range(6)]
+    video = write_video(tmp_path / "noface.mp4", frames)
+    rep = convert_videos([video], tmp_path / "out", size=32, crop="detect")
+    assert rep.skipped_no_face == {"noface": 6} and rep.total_skipped == 6
+    assert rep.identities == [] and rep.dropped == ["noface"]
+    assert not (tmp_path / "out" / "noface").exists()
+    assert FolderDataset(tmp_path / "out").identities == []
+
+
+def _drawn_face(cx: int, cy: int = 120, h: int = 240, w: int = 320) -> np.ndarray:
+    """A cartoon face OpenCV's frontal Haar cascade detects (skin ellipse, eyes, brows, nose, mouth, hair)."""
+    img = np.full((h, w, 3), 90, np.uint8)
+    cv2.ellipse(img, (cx, cy), (55, 72), 0, 0, 360, (200, 170, 150), -1)
+    for dx in (-22, 22):
+        cv2.ellipse(img, (cx + dx, cy - 15), (11, 6), 0, 0, 360, (40, 30, 30), -1)
+        cv2.line(img, (cx + dx - 14, cy - 30), (cx + dx + 12, cy - 32), (60, 40, 30), 4)
+    cv2.line(img, (cx, cy - 8), (cx - 6, cy + 18), (150, 110, 100), 3)
+    cv2.ellipse(img, (cx, cy + 35), (20, 7), 0, 0, 360, (130, 60, 60), -1)
+    cv2.ellipse(img, (cx, cy - 70), (60, 25), 0, 180, 360, (40, 30, 20), -1)
+    return cv2.GaussianBlur(img, (5, 5), 1.5)
+
+
+@pytest.mark.parametrize("detect_every", [1, 3])
+def test_video_detect_follows_a_moving_face_and_skips_faceless_frames(tmp_path, detect_every):
+    frames = [_drawn_face(130 + 6 * i) for i in range(9)]
+    gap = list(frames)
+    gap[3] = np.full_like(frames[0], 90)  # the face leaves for one frame
+    videos = [write_video(tmp_path / "face.mp4", frames), write_video(tmp_path / "gap.mp4", gap)]
+    rep = convert_videos(videos, tmp_path / "out", size=64, crop="detect", detect_every=detect_every)
+    ds = FolderDataset(tmp_path / "out")
+    assert [f.index for f in ds.identity("face").frames] == list(range(9))
+    assert rep.skipped_no_face["face"] == 0
+    if detect_every == 1:
+        assert [f.index for f in ds.identity("gap").frames] == [0, 1, 2, 4, 5, 6, 7, 8]
+        assert rep.skipped_no_face["gap"] == 1
+    else:  # detections on 0, 3 (no face), 6: frames 1-5 lack a face on one side; 7, 8 hold frame 6's box
+        assert [f.index for f in ds.identity("gap").frames] == [0, 6, 7, 8]
+        assert rep.skipped_no_face["gap"] == 5
+    for ident in ("face", "gap"):
+        centre_x = []
+        for f in ds.identity(ident).frames:  # interpolated frames too: the crop stays on the moving face
+            rgb, _ = ds.load_view(ident, f.views[0])
+            skin = np.abs(rgb * 255 - np.array([200, 170, 150])).max(-1) < 25
+            ys, xs = np.nonzero(skin)
+            assert skin.sum() > 300
+            assert abs(xs.mean() - 32) < 3 and abs(ys.mean() - 32) < 8
+            centre_x.append(xs.mean())
+        assert np.ptp(centre_x) < 1.0  # no lag at the ends, no jitter (the face moves 48 px in the source)
+
+
+def test_smoothing_removes_jitter_and_outliers_but_not_across_gaps():
+    t = np.concatenate([np.arange(20), 200 + np.arange(20)]).astype(float)
+    truth = np.where(t[:, None] < 100, [[100.0, 80.0, 60.0]], [[300.0, 90.0, 70.0]])
+    jitter = np.where(np.arange(40) % 2 == 0, 3.0, -3.0)[:, None] * np.array([[1.0, 1.0, 0.5]])
+    boxes = truth + jitter
+    boxes[7] += [50.0, -40.0, 30.0]  # one bad detection
+    out = smooth_boxes(t, boxes, sigma=2.0)
+    assert np.abs(out - truth)[3:17].max() < 1.2  # interior of segment 1 (edges see one-sided jitter)
+    assert np.abs(out - truth)[23:37].max() < 1.2
+    assert np.abs(out[7] - truth[7]).max() < 2.0  # outlier gone
+    assert np.abs(out[19, 0] - 100.0) < 4 and np.abs(out[20, 0] - 300.0) < 4  # segments not mixed
+
+
+def test_crop_box_replicates_the_border_outside_the_image():
+    img = np.zeros((10, 10, 3), np.uint8)
+    img[..., 0] = np.arange(10)[None, :] * 20
+    out = crop_box(img, 0.0, 5.0, 10.0, 10)  # left half outside the image
+    assert (out[:, :5, 0] == 0).all()
+    np.testing.assert_array_equal(out[:, 5:, 0], img[:, :5, 0])
+
+
+# ---------------------------------------------------------------------------------------- NeRSemble
+K_FULL = np.array([[30.0, 0.0, 11.0], [0.0, 31.0, 16.5], [0.0, 0.0, 1.0]])
+
+
+def _w2c(seed):
+    rng = np.random.default_rng(seed)
+    m = np.eye(4)
+    m[:3, :3] = _rot(rng.normal(size=3), rng.uniform(0.2, 1.0))
+    m[:3, 3] = rng.normal(size=3) * 0.3 + [0, 0, 1.0]
+    return m
+
+
+def _colour(t, cam):
+    return (40 + 30 * t, 60 + 50 * cam, 120)
+
+
+def _nersemble_tree(root: Path) -> None:
+    serials = ["222200037", "222200038"]
+    seqs = {"EXP-1-head": [0, 3, 6], "EMO-1-shout+laugh": [0, 3]}
+    for s_i, (seq, steps) in enumerate(seqs.items()):
+        for t in steps:
+            fdir = root / "018" / "sequences" / seq / "timesteps" / f"frame_{t:05d}"
+            for c, serial in enumerate(serials):
+                img = np.zeros((16, 11, 3), np.uint8) + np.array(_colour(t, c), np.uint8)
+                (fdir / "images-2x").mkdir(parents=True, exist_ok=True)
+                (fdir / "images-2x" / f"cam_{serial}.jpg").write_bytes(encode_image(img, "jpeg", quality=100))
+                if c == 0:  # full-resolution alpha map: left half foreground
+                    alpha = np.zeros((32, 22), np.uint8)
+                    alpha[:, :11] = 255
+                    save_image(fdir / "alpha_map" / f"cam_{serial}.png", alpha)
+    per_seq = {"intrinsics": K_FULL.tolist(), "width": 22, "height": 32,
+               "world_2_cam": {s: _w2c(i).tolist() for i, s in enumerate(serials)}}
+    per_p = {"intrinsics": K_FULL.tolist(), "width": 22, "height": 32,
+             "world_2_cam": {s: _w2c(10 + i).tolist() for i, s in enumerate(serials)}}
+    (root / "camera_params" / "018" / "EXP-1-head").mkdir(parents=True)
+    (root / "camera_params" / "018" / "EXP-1-head" / "camera_params.json").write_text(json.dumps(per_seq))
+    (root / "camera_params" / "018" / "camera_params.json").write_text(json.dumps(per_p))
+
+
+def test_nersemble_timesteps_layout_images_masks_cameras(tmp_path):
+    _nersemble_tree(tmp_path)
+    src = NeRSembleSource(tmp_path)
+    assert src.kind == "multiview" and src.identities == ["018"]
+    rec = src.identity("018")
+    assert len(rec.frames) == 5 and all(len(f.views) == 2 for f in rec.frames)  # EMO (2) then EXP (3)
+    assert [f.index for f in rec.frames] == [0, 1, 2, 3, 4]
+    first_exp = rec.frames[2]
+    v0, v1 = first_exp.views
+    assert (v0.view, v1.view) == (0, 1)
+    assert v0.image == "sequences/EXP-1-head/timesteps/frame_00000/images-2x/cam_222200037.jpg"
+    assert v0.mask is not None and v1.mask is None
+    K_half = K_FULL * np.array([[0.5], [0.5], [1.0]])
+    np.testing.assert_allclose(v0.camera.K, K_half, atol=1e-12)
+    np.testing.assert_allclose(v0.camera.viewmat, _w2c(0), atol=1e-12)  # per-sequence calibration wins
+    np.testing.assert_allclose(rec.frames[0].views[1].camera.viewmat, _w2c(11), atol=1e-12)  # participant's
+    assert (v0.camera.width, v0.camera.height) == (11, 16)
+    # a world point lands at half the full-resolution pixel coordinates
+    p = np.linalg.inv(_w2c(0))[:3, :3] @ np.array([0.05, -0.02, 0.9]) + np.linalg.inv(_w2c(0))[:3, 3]
+    np.testing.assert_allclose(_project(v0.camera.K, v0.camera.viewmat, p),
+                               _project(K_FULL, _w2c(0), p) / 2, atol=1e-9)
+    rgb, mask = src.load_view("018", v0)
+    assert rgb.shape == (16, 11, 3) and rgb.dtype == np.float32
+    np.testing.assert_allclose(rgb.reshape(-1, 3).mean(0) * 255, _colour(0, 0), atol=3)
+    assert mask.shape == (16, 11)
+    np.testing.assert_allclose(mask[:, :5], 1.0) and np.testing.assert_allclose(mask[:, 6:], 0.0)
+    assert src.load_view("018", v1)[1] is None
+
+
+def test_nersemble_per_sequence_filters_and_every(tmp_path):
+    _nersemble_tree(tmp_path)
+    src = NeRSembleSource(tmp_path, per_sequence=True, every=2, cameras=["222200038"])
+    assert src.identities == ["018_EMO-1-shout_laugh", "018_EXP-1-head"]
+    rec = src.identity("018_EXP-1-head")
+    assert len(rec.frames) == 2 and [len(f.views) for f in rec.frames] == [1, 1]
+    assert rec.frames[1].views[0].image.endswith("frame_00006/images-2x/cam_222200038.jpg")
+    assert rec.frames[1].views[0].view == 1
+    rgb, _ = src.load_view("018_EXP-1-head", rec.frames[1].views[0])
+    np.testing.assert_allclose(rgb.reshape(-1, 3).mean(0) * 255, _colour(6, 1), atol=3)
+    assert len(NeRSembleSource(tmp_path, max_frames=2).identity("018").frames) == 2
+    with pytest.raises(InvalidInput, match="no images"):
+        NeRSembleSource(tmp_path, scale=4).identity("018")
+
+
+def test_nersemble_flat_vhap_layout_with_per_camera_intrinsics(tmp_path):
+    serials = ["220700191", "222200036"]
+    for t in (0, 1, 2):
+        for c, s in enumerate(serials):
+            img = np.zeros((16, 11, 3), np.uint8) + np.array(_colour(t, c), np.uint8)
+            save_image(tmp_path / "030" / "EXP-2-eyes" / "images_2" / f"cam_{s}_{t:05d}.png", img)
+            save_image(tmp_path / "030" / "EXP-2-eyes" / "alpha_maps" / f"cam_{s}_{t:05d}.png",
+                       np.full((16, 11), 255 if c else 0, np.uint8))
+    Ks = {s: (K_FULL * (1 + i)).tolist() for i, s in enumerate(serials)}
+    for K in Ks.values():
+        K[2][2] = 1.0
+    doc = {"intrinsics": Ks, "world_2_cam": {s: _w2c(20 + i)[:3].tolist() for i, s in enumerate(serials)}}
+    (tmp_path / "camera_params" / "030").mkdir(parents=True)
+    (tmp_path / "camera_params" / "030" / "camera_params.json").write_text(json.dumps(doc))
+    src = NeRSembleSource(tmp_path, calib_size=(22, 32))
+    rec = src.identity("030")
+    assert len(rec.frames) == 3 and [len(f.views) for f in rec.frames] == [2, 2, 2]
+    v = rec.frames[2].views[1]
+    assert v.image == "EXP-2-eyes/images_2/cam_222200036_00002.png"
+    np.testing.assert_allclose(np.asarray(v.camera.K)[:2], (np.asarray(Ks["222200036"]) * 0.5)[:2], atol=1e-12)
+    np.testing.assert_allclose(v.camera.viewmat, _w2c(21), atol=1e-12)  # 3x4 padded to 4x4
+    rgb, mask = src.load_view("030", v)
+    np.testing.assert_allclose(rgb[0, 0] * 255, _colour(2, 1), atol=0.51)
+    assert mask.min() == 1.0 and src.load_view("030", rec.frames[0].views[0])[1].max() == 0.0
+
+
+def test_scaled_intrinsics_default_nersemble_size_and_aspect_check():
+    K = np.array([[8000.0, 0, 1100.0], [0, 8000.0, 1604.0], [0, 0, 1]])
+    np.testing.assert_allclose(scaled_intrinsics(K, (2200, 3208), (1100, 1604)),
+                               [[4000, 0, 550], [0, 4000, 802], [0, 0, 1]])
+    with pytest.raises(InvalidInput, match="different aspect"):
+        scaled_intrinsics(K, (2200, 3208), (1604, 1100))
+
+
+# ---------------------------------------------------------------------------------------- Ava-256
+AVA_CAMS = ["400001", "400002"]
+
+
+def _ava_camera(i):
+    K = np.array([[9000.0 + 100 * i, 0, 1300.0 + 10 * i], [0, 9010.0, 2000.0 - 5 * i], [0, 0, 1]])
+    R = _rot([0.2, 1.0, 0.1 * i], 0.3 + 0.2 * i)
+    t_mm = np.array([-50.0 + 20 * i, 30.0, 1100.0])
+    return K, R, t_mm
+
+
+def _ava_tree(root: Path, krt_text: bool = False) -> Path:
+    dec = root / "20230405--1635--AAN112" / "decoder"
+    dec.mkdir(parents=True)
+    if krt_text:
+        lines = []
+        for i, c in enumerate(AVA_CAMS):
+            K, R, t = _ava_camera(i)
+            lines += [c] + [" ".join(f"{v:.17g}" for v in row) for row in K] + ["0.0 0.0 0.0 0.0 0.0"]
+            lines += [" ".join(f"{v:.17g}" for v in row) for row in np.hstack([R, t[:, None]])] + [""]
+        (dec / "KRT").write_text("\n".join(lines))
+    else:
+        krt = []
+        for i, c in enumerate(AVA_CAMS):
+            K, R, t = _ava_camera(i)
+            M = np.eye(4)
+            M[:3, :3], M[:3, 3] = R, t
+            krt.append({"cameraId": c, "K": K.T.tolist(), "T": M.T.tolist(), "distortion": [0.0] * 4,
+                        "projectionModel": "Pinhole"})
+        (dec / "camera_calibration.json").write_text(json.dumps({"KRT": krt}))
+    with open(dec / "frame_list.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["seg_id", "frame_id"])
+        for f in range(6):
+            w.writerow(["EXP_neutral_peak" if f < 3 else "EXP_free_face", f])
+    ext = ".avif" if cv2.haveImageWriter("x.avif") else ".png"
+    (dec / "image").mkdir()
+    (dec / "segmentation_parts").mkdir()
+    (dec / "head_pose").mkdir()
+    labels = np.zeros((40, 26), np.uint8)
+    labels[:, 8:18] = 2  # body/face
+    labels[30:, 18:] = 3  # chair
+    with zipfile.ZipFile(dec / "image" / "cam400001.zip", "w") as zimg, \
+            zipfile.ZipFile(dec / "segmentation_parts" / "cam400001.zip", "w") as zseg, \
+            zipfile.ZipFile(dec / "head_pose" / "head_pose.zip", "w") as zpose:
+        for f in range(6):
+            img = np.zeros((40, 26, 3), np.uint8) + np.array([30 + 20 * f, 100, 160], np.uint8)
+            ok, buf = cv2.imencode(ext, img[..., ::-1])
+            assert ok
+            zimg.writestr(f"cam400001/{f:06d}{ext}", buf.tobytes())
+            zseg.writestr(f"cam400001/{f:06d}.png", encode_image(labels))
+            H = np.hstack([_rot([0, 1, 0], 0.05 * f), [[1.0 * f], [-2.0], [30.0]]])
+            zpose.writestr(f"{f:06d}.txt", "\n".join(" ".join(f"{v:.17g}" for v in r) for r in H))
+    for f in range(6):
+        if f != 4:  # a dropped frame on the unzipped camera
+            img = np.zeros((40, 26, 3), np.uint8) + np.array([200, 20 + 30 * f, 60], np.uint8)
+            save_image(dec / "image" / "cam400002" / f"{f:06d}.png", img)
+    return dec
+
+
+def _ava_expected(i, size=(26, 40)):
+    K, R, t = _ava_camera(i)
+    Ks = K.copy()
+    Ks[0] *= size[0] / 2668
+    Ks[1] *= size[1] / 4096
+    vm = np.eye(4)
+    vm[:3, :3], vm[:3, 3] = R, t / 1000.0
+    return Ks, vm
+
+
+@pytest.mark.parametrize("krt_text", [False, True])
+def test_ava256_cameras_images_masks_and_dropped_frames(tmp_path, krt_text):
+    _ava_tree(tmp_path, krt_text)
+    src = Ava256Source(tmp_path, every=2)
+    assert src.identities == ["20230405--1635--AAN112"] and src.kind == "multiview"
+    ident = src.identities[0]
+    rec = src.identity(ident)
+    assert [f.index for f in rec.frames] == [0, 2, 4]
+    assert [len(f.views) for f in rec.frames] == [2, 2, 1]  # cam400002 dropped frame 4
+    for i, v in enumerate(rec.frames[0].views):
+        assert v.view == i
+        K, vm = _ava_expected(i)
+        np.testing.assert_allclose(v.camera.K, K, rtol=1e-12)
+        np.testing.assert_allclose(v.camera.viewmat, vm, atol=1e-12)
+        assert (v.camera.width, v.camera.height) == (26, 40)
+    v0, v1 = rec.frames[1].views
+    assert v0.image.startswith("image/cam400001.zip!cam400001/000002.") and v1.image == "image/cam400002/000002.png"
+    assert v0.mask == "segmentation_parts/cam400001.zip!cam400001/000002.png" and v1.mask is None
+    rgb, mask = src.load_view(ident, v0)
+    assert rgb.shape == (40, 26, 3)
+    np.testing.assert_allclose(rgb[10:30, 5:20].reshape(-1, 3).mean(0) * 255, [70, 100, 160], atol=6)
+    assert mask[5, 10] == 1.0 and mask[5, 2] == 0.0 and mask[35, 22] == 0.0 and mask[5, 22] == 0.0
+    rgb1, mask1 = src.load_view(ident, v1)
+    np.testing.assert_allclose(rgb1[0, 0] * 255, [200, 80, 60], atol=0.51)
+    assert mask1 is None
+
+
+def test_ava256_head_frame_segments_and_max_frames(tmp_path):
+    dec = _ava_tree(tmp_path)
+    src = Ava256Source(dec, every=1, segments=["EXP_free_face"], head_frame=True, cameras=["cam400001"])
+    ident = src.identities[0]
+    assert ident == "20230405--1635--AAN112"  # the decoder folder names its capture
+    rec = src.identity(ident)
+    assert [f.index for f in rec.frames] == [3, 4, 5] and all(len(f.views) == 1 for f in rec.frames)
+    f = 5
+    H = np.eye(4)
+    H[:3, :3], H[:3, 3] = _rot([0, 1, 0], 0.05 * f), [f / 1000.0, -0.002, 0.03]
+    _, vm = _ava_expected(0)
+    np.testing.assert_allclose(rec.frames[2].views[0].camera.viewmat, vm @ H, atol=1e-12)
+    assert len(Ava256Source(tmp_path, every=1, max_frames=4).identity(ident).frames) == 4
+
+
+# ---------------------------------------------------------------------------------------- specs
+def test_open_source_detects_each_kind_and_parses_options(tmp_path):
+    _nersemble_tree(tmp_path / "ners")
+    _ava_tree(tmp_path / "ava")
+    assert isinstance(open_source(tmp_path / "ners"), NeRSembleSource)
+    src = open_source(f"nersemble:{tmp_path / 'ners'}?per_sequence=true&every=2&participants=18")
+    assert src.identities == ["018_EMO-1-shout_laugh", "018_EXP-1-head"] and src.every == 2
+    ava = open_source(f"ava256:{tmp_path / 'ava'}?every=3&head_frame=false")
+    assert isinstance(ava, Ava256Source) and ava.every == 3
+    assert isinstance(open_source(tmp_path / "ava"), Ava256Source)
+
+    folder = tmp_path / "folder"
+    rec = IdentityRecord(id="p0", frames=[FrameRecord(index=i, views=[ViewRecord(0, f"images/{i:06d}_00.png")])
+                                          for i in range(2)])
+    write_identity(folder, rec, [[(np.full((4, 4, 3), 9 * i, np.uint8), None)] for i in range(2)])
+    write_dataset_index(folder, "monocular", ["p0"])
+    assert isinstance(open_source(folder), FolderDataset) and isinstance(open_source(f"folder:{folder}"), FolderDataset)
+
+    pack(FolderDataset(folder), tmp_path / "shards")
+    spec = open_source(tmp_path / "shards")
+    assert isinstance(spec, ShardSpec) and spec.is_stream and spec.num_identities == 1 and spec.kind == "monocular"
+    assert isinstance(open_source(f"shards:{tmp_path / 'shards' / 'shard-000000.tar'}"), ShardSpec)
+    with pytest.raises(InvalidInput, match="stream of tar shards"):
+        spec.identities
+    with pytest.raises(InvalidInput, match="unknown option"):
+        open_source(f"nersemble:{tmp_path / 'ners'}?bogus=1")
+    with pytest.raises(InvalidInput, match="unknown option"):
+        open_source(f"folder:{folder}?every=2")
+    with pytest.raises(InvalidInput, match="takes no options"):
+        open_source(folder, every=2)
+    write_video(tmp_path / "v.mp4", _clip_frames(2))
+    with pytest.raises(InvalidInput, match="from-video"):
+        open_source(tmp_path / "v.mp4")
+    with pytest.raises(NotFound):
+        open_source(tmp_path / "missing")
+    assert parse_spec("C:/data")[0] is None
