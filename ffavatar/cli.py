@@ -199,6 +199,50 @@ def cmd_export_ply(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_from_video(args: argparse.Namespace) -> int:
+    """Convert videos (or image folders), one identity each, into a monocular folder dataset with
+    time-smoothed face crops (docs/datasets.md)."""
+    from tqdm import tqdm
+
+    from .data.video import convert_videos
+
+    with tqdm(desc="frames", unit="frame") as bar:
+        report = convert_videos(args.videos, args.output, size=args.size, every=args.every, max_frames=args.max_frames,
+                                crop=args.crop, detect_every=args.detect_every, fmt="jpg" if args.jpg else "png",
+                                progress=lambda *a: bar.update(1))
+    print(f"wrote {len(report.identities)} identities, {sum(report.frames.values())} frames to {report.root}; "
+          f"{report.total_skipped} frames without a face skipped" + (f"; failed: {report.failed}" if report.failed else ""))
+    return 0 if report.identities or report.existing else 2
+
+
+def cmd_data_pack(args: argparse.Namespace) -> int:
+    """Pack any dataset (folder, nersemble:PATH, ava256:PATH) into WebDataset tar shards for streaming."""
+    from tqdm import tqdm
+
+    from .data.shards import pack
+    from .data.sources import open_source
+
+    src = open_source(args.spec)
+    with tqdm(desc="identities", unit="id") as bar:
+        shards = pack(src, args.output, identities_per_shard=args.per_shard, size=args.size, fit=args.fit,
+                      image_format="jpg" if args.jpg else "png", progress=lambda *a: bar.update(1))
+    print(f"wrote {len(shards)} shards to {args.output}")
+    return 0
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    """Print what a dataset spec holds."""
+    from .data.sources import open_source
+
+    src = open_source(args.spec)
+    if getattr(src, "is_stream", False):
+        print(f"{src!r}: {src.num_identities} identities in {len(src.shards)} shards")
+        return 0
+    n_img = sum(len(f.views) for i in src.identities for f in src.identity(i).frames)
+    print(f"{type(src).__name__} kind={src.kind}: {len(src.identities)} identities, {n_img} images")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the end-to-end demo on the embedded defaults (grows with the project)."""
     args.output = str(Path(args.output))
@@ -276,6 +320,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="PLY file to write")
     model_args(p)
     p.set_defaults(func=cmd_export_ply)
+
+    p = sub.add_parser("data", help="dataset tools: from-video, pack, info")
+    dsub = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    d = dsub.add_parser("from-video", help="videos -> monocular folder dataset", description=cmd_data_from_video.__doc__)
+    d.add_argument("videos", nargs="+", help="video files or image folders, one identity each")
+    d.add_argument("-o", "--output", required=True, help="output dataset folder")
+    d.add_argument("--size", type=int, default=256, help="crop size in pixels (default 256)")
+    d.add_argument("--every", type=int, default=1, help="keep every Nth frame")
+    d.add_argument("--max-frames", type=int, default=None, help="frames per identity at most")
+    d.add_argument("--crop", default="detect", choices=("detect", "center"), help="face-tracked or centred crop")
+    d.add_argument("--detect-every", type=int, default=1, help="run the face detector every K frames")
+    d.add_argument("--jpg", action="store_true", help="store JPEG instead of PNG")
+    d.set_defaults(func=cmd_data_from_video)
+    d = dsub.add_parser("pack", help="dataset -> WebDataset tar shards", description=cmd_data_pack.__doc__)
+    d.add_argument("spec", help="dataset spec: folder, nersemble:PATH, ava256:PATH")
+    d.add_argument("-o", "--output", required=True, help="output folder for shard-*.tar + index.json")
+    d.add_argument("--per-shard", type=int, default=64, help="identities per shard (default 64)")
+    d.add_argument("--size", type=int, default=None, help="re-encode images square at this size")
+    d.add_argument("--fit", default="pad", choices=("pad", "crop"), help="how non-square images become square")
+    d.add_argument("--jpg", action="store_true", help="store JPEG instead of PNG")
+    d.set_defaults(func=cmd_data_pack)
+    d = dsub.add_parser("info", help="what a dataset spec holds", description=cmd_data_info.__doc__)
+    d.add_argument("spec", help="dataset spec")
+    d.set_defaults(func=cmd_data_info)
 
     p = sub.add_parser("train", help="train the network (pretrain / multiview stages)",
                        description=cmd_train.__doc__)

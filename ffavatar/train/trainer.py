@@ -8,6 +8,7 @@ saved as safetensors + JSON).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -24,8 +25,8 @@ from torch.utils.data import DataLoader, Sampler
 
 from ..api import save_checkpoint
 from ..checkpoint import load_tensors, save_tensors
-from ..data.folder import FolderDataset
 from ..data.sampler import ConcatSource, FewToManyDataset
+from ..data.sources import open_source
 from ..errors import InvalidInput
 from ..flame import load_head_model
 from ..images import save_image, to_uint8
@@ -67,11 +68,11 @@ def open_training_source(specs: list[str]):
     """The identity source for a list of dataset specs (see docs/datasets.md)."""
     if not specs:
         raise InvalidInput("no training data: set data.train = [\"path/to/dataset\"]")
-    try:
-        from ..data.sources import open_source
-    except ImportError:  # adapters not installed: the generic folder format only
-        open_source = FolderDataset
     sources = [open_source(s) for s in specs]
+    streams = [s for s in sources if getattr(s, "is_stream", False)]
+    if streams and len(sources) > 1:
+        raise InvalidInput("shard streams cannot be mixed with other datasets in data.train",
+                           hint="pack everything into shards with 'ffavatar data pack'")
     if len(sources) == 1:
         return sources[0]
     return ConcatSource(sources)
@@ -116,7 +117,9 @@ class Trainer:
              for name, ps in groups.items() if ps], lr=o.lr, weight_decay=o.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(cfg))
         self.source = open_training_source(cfg.data.train)
-        self.dataset = FewToManyDataset(self.source, cfg.sampler, seed=cfg.seed)
+        self.stream = bool(getattr(self.source, "is_stream", False))
+        self.dataset = (self.source.dataset(cfg.sampler, seed=cfg.seed, repeat=True) if self.stream
+                        else FewToManyDataset(self.source, cfg.sampler, seed=cfg.seed))
         self.step = 0
         self.background = torch.ones(3, device=self.device)
         self.anchors = self.pipe.animator.anchors().detach()
@@ -176,7 +179,12 @@ class Trainer:
                 log.error("ranks disagree on parameters: %s", sums)
 
     # ------------------------------------------------------------------ steps
-    def loader(self, steps: int) -> DataLoader:
+    def loader(self, steps: int) -> Iterator[dict[str, torch.Tensor]]:
+        """This rank's batches for steps ``self.step .. steps-1``. Map-style data is addressed by step
+        (exact resume); a shard stream is read in order (resume restarts the stream's epoch)."""
+        if self.stream:
+            loader = DataLoader(self.dataset, batch_size=self.cfg.batch_size, num_workers=self.cfg.data.num_workers)
+            return itertools.islice(iter(loader), max(0, steps - self.step))
         batches = StepBatches(self.step, steps, self.cfg.batch_size, self.rank, self.world)
         return DataLoader(self.dataset, batch_sampler=batches, num_workers=self.cfg.data.num_workers,
                           persistent_workers=False)
