@@ -1,0 +1,1 @@
+"""Evaluation: image metrics (PSNR, SSIM, LPIPS from local weights) and the held-out benchmark/report."""
