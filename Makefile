@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: all install test demo bench clean
+.PHONY: all install test test-python demo bench clean
 
 all: test
 
@@ -21,7 +21,10 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-test: install
+# Python tests (main venv), then the Blender extension tests under bpy 5.0 and 4.2 LTS.
+test: test-python test-blender
+
+test-python: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 demo: install
@@ -31,4 +34,6 @@ bench: install
 	$(BIN)/python bench/flame.py
 
 clean:
-	rm -rf $(VENV) out dist build *.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-blender-* out dist build *.egg-info .pytest_cache
+
+include mk/blender.mk

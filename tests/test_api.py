@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_tiny_flame
+from ffavatar_testdata import make_tiny_flame
 from ffavatar.api import Avatar, FlameTrack, Reconstructor, save_checkpoint
 from ffavatar.errors import Cancelled, CheckpointError, HeadModelMismatch, InvalidInput
 from ffavatar.images import save_image

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import make_folder_dataset
+from ffavatar_testdata import make_folder_dataset
 from ffavatar.api import Reconstructor, save_checkpoint
 from ffavatar.cli import main
 from ffavatar.errors import CheckpointError

@@ -15,7 +15,7 @@ import scipy.sparse
 
 from ffavatar.errors import FlameFileError, UnsafePickle
 from ffavatar.flame.io import load_model_file, read_file, restricted_loads, validate
-from conftest import make_tiny_flame
+from ffavatar_testdata import make_tiny_flame
 
 
 class _Py2Pickler(pickle._Pickler):

@@ -10,7 +10,7 @@ from smplx.lbs import lbs as smplx_lbs
 from ffavatar.errors import InvalidInput
 from ffavatar.flame import FlameModel, head_model_id
 from ffavatar.flame.io import validate
-from conftest import make_tiny_flame
+from ffavatar_testdata import make_tiny_flame
 
 
 def _rodrigues(r: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import TINY_TRAIN, make_folder_dataset
+from ffavatar_testdata import TINY_TRAIN, make_folder_dataset
 from ffavatar.errors import InvalidInput
 from ffavatar.train.config import load_config
 from ffavatar.train.trainer import StepBatches, Trainer
