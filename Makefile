@@ -27,8 +27,15 @@ test: test-python test-blender
 test-python: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-demo: install
-	$(BIN)/ffavatar demo -o out/demo
+# The extension zip for this machine's platform (Blender's split-platform names).
+EXT_PLATFORM := linux_x64
+ifeq ($(shell uname -s),Darwin)
+EXT_PLATFORM := $(if $(filter arm64,$(shell uname -m)),macos_arm64,macos_x64)
+endif
+
+demo: install extension .venv-blender-5.0/.installed
+	$(BIN)/ffavatar demo -o out/demo --blender-python .venv-blender-5.0/bin/python \
+	  --extension "$$(ls -t dist/ffavatar-*-$(EXT_PLATFORM).zip | head -1)"
 
 bench: install
 	$(BIN)/python bench/flame.py

@@ -8,27 +8,11 @@ its CUDA extension on first use and cannot render on CPU.
 
 from __future__ import annotations
 
-import logging
-
 import torch
 from torch import Tensor
 
 from ffavatar.errors import InvalidInput
 from ffavatar.render.torch_backend import prepare_inputs
-
-log = logging.getLogger(__name__)
-
-
-def gsplat_available(device: torch.device | str | None = None) -> bool:
-    """True when CUDA is usable (on ``device`` if given) and gsplat imports."""
-    if not torch.cuda.is_available() or (device is not None and torch.device(device).type != "cuda"):
-        return False
-    try:
-        import gsplat  # noqa: F401
-    except Exception as exc:  # pragma: no cover - depends on the installation
-        log.warning("gsplat is not importable: %s", exc)
-        return False
-    return True
 
 
 def rasterize_gsplat(

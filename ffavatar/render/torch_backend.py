@@ -359,9 +359,9 @@ class _Chunk:
 
     ``log(opacity) - sigma`` is evaluated as one (P,6) x (6,L) product of pixel monomials and
     per-Gaussian quadratic coefficients in tile-centred coordinates (instead of a dozen elementwise
-    passes), so ``alpha = exp(.)`` directly. With a positive-definite conic sigma >= 0 in exact
-    arithmetic, so gsplat's ``sigma < 0`` skip never fires and is not applied here (the expansion
-    can round a centre's sigma to -1e-7; skipping it there would be wrong).
+    passes), so ``alpha = exp(.)`` directly. A positive-definite conic gives sigma >= 0 in exact
+    arithmetic, so gsplat's ``sigma < 0`` skip never fires; it is not applied here because the
+    expansion can round a centre's sigma to -1e-7, and skipping that Gaussian would be wrong.
     """
 
     def __init__(self, ws: _Workspace, feats: Tensor, g: Tensor, colors: Tensor, origin: Tensor,
@@ -612,6 +612,7 @@ def rasterize_torch(
     colors, backgrounds = add_depth_channel(colors, proj.depths, backgrounds, render_mode)
     with torch.no_grad():
         plan, meta = build_plan(proj, width, height, tile_size)
+    log.debug("rasterize_torch %dx%d, %d cameras: %s", width, height, plan.cams, plan.stats)
     render, alphas = _TileComposite.apply(proj.means2d, proj.conics, proj.opacities, colors, plan)
     render = finish_render(render, alphas, backgrounds, render_mode)
     meta.update(
