@@ -54,8 +54,9 @@ def upsample_matrix(faces: np.ndarray, n_vertices: int, level: int) -> tuple[sci
 
 
 def _carry(u: scipy.sparse.csr_matrix, x: np.ndarray, dtype: type) -> np.ndarray:
-    flat = x.reshape(x.shape[0], -1)
-    return np.asarray(u @ flat, dtype=dtype).reshape((u.shape[0],) + x.shape[1:])
+    # C order (scipy's sparse @ dense is slow on F-order input) and in the output dtype from the start
+    flat = np.ascontiguousarray(x.reshape(x.shape[0], -1), dtype=dtype)
+    return (u.astype(dtype) @ flat).reshape((u.shape[0],) + x.shape[1:])
 
 
 def subdivide(model: dict[str, np.ndarray], level: int, dtype: type = np.float64) -> dict[str, np.ndarray]:
