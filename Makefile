@@ -37,8 +37,12 @@ demo: install extension .venv-blender-5.0/.installed
 	$(BIN)/ffavatar demo -o out/demo --blender-python .venv-blender-5.0/bin/python \
 	  --extension "$$(ls -t dist/ffavatar-*-$(EXT_PLATFORM).zip | head -1)"
 
+# CPU benchmarks (JSON in bench/results/); bench-blender (mk/blender.mk) measures the add-on side.
 bench: install
 	$(BIN)/python bench/flame.py
+	$(BIN)/python bench/render.py
+	$(BIN)/python bench/model.py --size 512
+	$(BIN)/python bench/backend.py
 
 clean:
 	rm -rf $(VENV) .venv-blender-* out dist build *.egg-info .pytest_cache

@@ -92,3 +92,39 @@ def test_ddp_two_processes_equal_single_process(tmp_path, dataset, tiny_flame_fi
     for k, v in init.pipe.net.state_dict().items():
         moved += int(not torch.equal(v, a[f"net.{k}"]))
     assert moved > 10  # training really changed the weights the ranks agree on
+
+
+def test_ground_truth_supervision_is_zero_at_the_truth(tmp_path):
+    """The optional synthetic supervision compares the estimator's (ψ, θ, camera) with the dataset's
+    in the estimator's own camera parametrization: the ground truth itself scores 0."""
+    from scipy.spatial.transform import Rotation
+
+    from ffavatar.data.sampler import SamplerConfig, sample_few_to_many
+    from ffavatar.data.synthetic import SynthConfig, generate
+    from ffavatar.data.folder import FolderDataset
+    from ffavatar.model.flame_estimator import EstimatedFlame
+    from ffavatar.train.losses import LossWeights, compute_losses
+    import numpy as np
+
+    root = generate(SynthConfig(identities=1, frames=2, views=2, size=32, seed=5), tmp_path / "s")
+    ds = FolderDataset(root)
+    rec = ds.identity(ds.identities[0])
+    batch = sample_few_to_many(rec, lambda v: ds.load_view(rec.id, v), np.random.default_rng(0),
+                               SamplerConfig(max_sources=1, targets=2, size=32))
+    batch = {k: v[None] for k, v in batch.items()}
+    vm = batch["target_viewmat"][0]
+    flip = np.diag([1.0, -1.0, -1.0])
+    cam_rot = torch.tensor(Rotation.from_matrix(flip @ vm[:, :3, :3].double().numpy()).as_rotvec(), dtype=torch.float32)
+    truth = EstimatedFlame(expr=batch["target_expression"][0], pose=batch["target_pose"][0], cam_rot=cam_rot,
+                           cam_t=vm[:, :3, 3], focal=batch["target_focal"][0])
+
+    class Out:  # the fields compute_losses reads
+        targets = truth
+        render = type("R", (), {"rgb": batch["target"][0].permute(0, 2, 3, 1), "alpha": batch["target_alpha"][0][..., None]})
+        canonical = type("G", (), {"means": torch.zeros(1, 3), "log_scales": torch.full((1, 3), -6.0)})
+
+    _, terms = compute_losses(Out, batch, torch.zeros(1, 3), LossWeights(flame_supervision=1.0))
+    assert terms["flame_supervision"] < 1e-10 and terms["l1"] == 0.0
+    truth.cam_t = truth.cam_t + 0.1
+    _, terms = compute_losses(Out, batch, torch.zeros(1, 3), LossWeights(flame_supervision=1.0))
+    assert abs(terms["flame_supervision"] - 0.01) < 1e-6

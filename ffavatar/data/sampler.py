@@ -85,8 +85,9 @@ def sample_few_to_many(record: IdentityRecord, load: Callable[[ViewRecord], tupl
     """One training sample of an identity.
 
     Returns source (Kmax,3,S,S), source_mask (Kmax,) bool, target (M,3,S,S), target_alpha (M,S,S)
-    (ones when the data has no masks), target_has_alpha (M,) bool, and when the record has FLAME
-    parameters for the targets: target_expression (M,E), target_pose (M,5,3) (NaN-free; else absent).
+    (ones when the data has no masks), target_has_alpha (M,) bool; when the data is calibrated
+    target_viewmat (M,4,4) and target_focal (M,) (focal / image width); and when the record has FLAME
+    parameters for the targets: target_expression (M,E), target_pose (M,5,3).
     """
     views: list[tuple[FrameRecord, ViewRecord]] = [(f, v) for f in record.frames for v in f.views]
     if len(views) < 2:
@@ -119,6 +120,10 @@ def sample_few_to_many(record: IdentityRecord, load: Callable[[ViewRecord], tupl
            "target_alpha": torch.stack([t[1] for t in tgts]),
            "target_has_alpha": torch.tensor([t[2] for t in tgts])}
     frames = [views[i][0] for i in tgt_idx]
+    cams = [views[i][1].camera for i in tgt_idx]
+    if all(c is not None for c in cams):  # calibrated: world-to-camera and focal / image width
+        out["target_viewmat"] = torch.tensor([c.viewmat for c in cams], dtype=torch.float32)
+        out["target_focal"] = torch.tensor([c.K[0][0] / c.width for c in cams], dtype=torch.float32)
     if all(f.expression is not None and f.pose is not None for f in frames):
         out["target_expression"] = torch.tensor([f.expression for f in frames], dtype=torch.float32)
         out["target_pose"] = torch.tensor([f.pose for f in frames], dtype=torch.float32)

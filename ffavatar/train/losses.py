@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from pytorch_msssim import ssim
 from torch import Tensor
 
-from ..model.flame_estimator import EstimatedFlame
+from ..model.flame_estimator import EstimatedFlame, axis_angle_to_matrix
 from ..pipeline import PipelineOutput
 
 
@@ -68,6 +68,12 @@ def compute_losses(out: PipelineOutput, batch: dict[str, Tensor], anchors: Tenso
         gt_e = batch["target_expression"].flatten(0, 1)
         gt_p = batch["target_pose"].flatten(0, 1)
         k = min(gt_e.shape[1], e.expr.shape[1])
-        terms["flame_supervision"] = F.mse_loss(e.expr[:, :k], gt_e[:, :k]) + F.mse_loss(e.pose, gt_p)
+        sup = F.mse_loss(e.expr[:, :k], gt_e[:, :k]) + F.mse_loss(e.pose, gt_p)
+        if "target_viewmat" in batch:  # the camera too: same parametrization as camera_matrices
+            vm = batch["target_viewmat"].flatten(0, 1)
+            flip = torch.diag(torch.tensor([1.0, -1.0, -1.0], device=vm.device, dtype=vm.dtype))
+            sup = sup + F.mse_loss(flip @ axis_angle_to_matrix(e.cam_rot), vm[:, :3, :3])
+            sup = sup + F.mse_loss(e.cam_t, vm[:, :3, 3]) + F.mse_loss(e.focal, batch["target_focal"].flatten())
+        terms["flame_supervision"] = sup
     total = sum(getattr(w, k) * v for k, v in terms.items())
     return total, {k: float(v.detach()) for k, v in terms.items()} | {"total": float(total.detach())}
