@@ -20,6 +20,7 @@ Vertex part codes (``vertex_part``): 0 skin, 1 eyeball_L, 2 eyeball_R, 3 mouth i
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import tempfile
@@ -1053,10 +1054,13 @@ def build_demo_head() -> dict[str, np.ndarray]:
 def demo_head_path(cache_dir: Path | None = None) -> Path:
     """Path of the cached demo head ``.npz``, generated (atomically) on first use.
 
-    The cache directory is ``cache_dir``, else ``$FFAVATAR_CACHE``, else ``~/.cache/ffavatar``.
+    The cache directory is ``cache_dir``, else ``$FFAVATAR_CACHE``, else ``~/.cache/ffavatar``. The
+    file name carries a hash of this module's source, so a cache written by other code is never used
+    (a checkpoint is tied to the head's content through its head-model id).
     """
     root = Path(cache_dir or os.environ.get("FFAVATAR_CACHE") or Path.home() / ".cache" / "ffavatar").expanduser()
-    path = root / f"demo_head_v{DEMO_HEAD_VERSION}.npz"
+    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+    path = root / f"demo_head_v{DEMO_HEAD_VERSION}_{code}.npz"
     if path.is_file():
         return path
     try:
