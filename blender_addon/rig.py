@@ -83,6 +83,7 @@ def build_flame_rig(rig: RigData, name: str = "FLAME",
     for e, ename in enumerate(rig.expression_names):
         kb = obj.shape_key_add(name=ename, from_mix=False)
         kb.slider_min, kb.slider_max = -SLIDER_RANGE, SLIDER_RANGE
+        kb.value = 0.0  # Blender 5.0 creates keys at 1.0 (4.2 at 0.0): an unkeyed rig must rest neutral
         kb.data.foreach_set("co", (rig.vertices + rig.expression_dirs[e]).astype(np.float32).ravel())
     me.shape_keys.name = f"{name}_keys"
     for j, jname in enumerate(rig.joint_names):
