@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from .checkpoint import load_tensors, read_meta, save_tensors
 from .errors import Cancelled, CheckpointError, InvalidInput, LimitExceeded
-from .flame import JOINT_NAMES, load_head_model
+from .flame import JOINT_NAMES, head_model_id, load_head_model
 from .gaussians import Gaussians
 from .images import crop_portrait, to_uint8
 from .model.config import ModelConfig
@@ -148,9 +148,14 @@ class Reconstructor:
         """Load a checkpoint (default: the bundled demo checkpoint, else an untrained tiny model)."""
         dev = resolve_device(device)
         head = load_head_model(flame, landmarks)
-        path = Path(path) if path is not None else (DEFAULT_CHECKPOINT if DEFAULT_CHECKPOINT.is_file() else None)
+        if path is None and DEFAULT_CHECKPOINT.is_file():
+            # the bundled checkpoint belongs to the demo head; another head model needs its own training
+            if read_meta(DEFAULT_CHECKPOINT).get("head_model_id") == head_model_id(head):
+                path = DEFAULT_CHECKPOINT
+        path = Path(path) if path is not None else None
         if path is None:
-            log.warning("no checkpoint given and none bundled: using an UNTRAINED tiny model")
+            log.warning("no checkpoint for this head model (the bundled one is for the demo head): "
+                        "using an UNTRAINED tiny model; train one with 'ffavatar train'")
             n_shape = int(head["n_shape"])
             config = ModelConfig.preset("tiny").override({"n_shape": min(50, n_shape),
                                                          "n_expr": min(50, head["shapedirs"].shape[2] - n_shape)})
