@@ -35,6 +35,7 @@ def test_loss_falls_and_files_written(tmp_path, dataset, tiny_flame_file):
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 25)) and rows[-1]["samples_per_s"] > 0
     assert (tmp_path / "run" / "grids" / "step0000012.png").is_file()
+    assert (tmp_path / "run" / "curve.png").stat().st_size > 1000
     assert any((tmp_path / "run" / "tensorboard").iterdir())
 
 

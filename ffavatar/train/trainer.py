@@ -270,6 +270,9 @@ class Trainer:
             bar.close()
         self._check_ranks_agree()
         self.save()
+        if self.is_main and (self.out / "metrics.jsonl").is_file():
+            from .curve import plot_curve
+            plot_curve(self.out / "metrics.jsonl", self.out / "curve.png")
         if self.writer is not None:
             self.writer.flush()
         return history
