@@ -121,6 +121,13 @@ def test_personalization_raises_input_view_psnr(rec):
     r = avatar.personalize(steps=30, progress=lambda f, m: steps.append(f))
     assert r["psnr_after"] > r["psnr_before"] + 1.0, r
     assert steps[-1] == 1.0
+    start = rec.reconstruct(_portraits(2), crop="none")
+    drift = {}
+    for prior in (0.0, 100.0):
+        a = rec.reconstruct(_portraits(2), crop="none")
+        a.personalize(steps=15, prior=prior)
+        drift[prior] = float((a.canonical.sh - start.canonical.sh).abs().mean())
+    assert drift[100.0] < 0.7 * drift[0.0], drift  # the prior holds the prediction back
 
 
 def test_cli_end_to_end(rec, flame_file, tmp_path):
