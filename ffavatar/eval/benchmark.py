@@ -120,7 +120,9 @@ def run(rec: Reconstructor, data_dir: str | Path, out_dir: str | Path, views: li
         summary[s.name] = {**asdict(s), "psnr": float(np.mean([r["psnr"] for r in sel])),
                            "ssim": float(np.mean([r["ssim"] for r in sel])),
                            "lpips": float(np.mean([r["lpips"] for r in sel])) if lpips else None,
-                           "seconds": float(np.mean([r["seconds"] for r in sel])), "identities": len(sel)}
+                           "seconds": float(np.mean([r["seconds"] for r in sel])), "identities": len(sel),
+                           "input_psnr_after": (float(np.mean([r["input_psnr_after"] for r in sel]))
+                                                if s.steps else None)}
     report = {"data": str(data_dir), "identities": ids, "head_model_id": rec.head_model_id,
               "checkpoint": rec.meta.get("train", {}), "lpips": "computed" if lpips else
               "skipped (no --lpips weights file given)",
@@ -139,10 +141,12 @@ def markdown(report: dict[str, Any]) -> str:
              f"head model `{report['head_model_id']}`.", "",
              "Targets: every view of each identity's other frames (novel expressions and novel views), "
              "tracked by the estimator and rendered.", "",
-             "| setting | PSNR ↑ | SSIM ↑ | LPIPS ↓ | seconds/avatar |", "|---|---|---|---|---|"]
+             "| setting | PSNR ↑ | SSIM ↑ | LPIPS ↓ | input-view PSNR after fitting | seconds/avatar |",
+             "|---|---|---|---|---|---|"]
     for name, s in report["summary"].items():
         lp = f"{s['lpips']:.4f}" if s["lpips"] is not None else "–"
-        lines.append(f"| {name} | {s['psnr']:.2f} | {s['ssim']:.4f} | {lp} | {s['seconds']:.1f} |")
+        fit = f"{s['input_psnr_after']:.2f}" if s.get("input_psnr_after") is not None else "–"
+        lines.append(f"| {name} | {s['psnr']:.2f} | {s['ssim']:.4f} | {lp} | {fit} | {s['seconds']:.1f} |")
     lines += ["", f"LPIPS: {report['lpips']}. Identity similarity: {report['identity_similarity']}.", "",
               "![grid](grid.png)", "", "Grid rows: one per setting (first identity): first source view, then "
               "(prediction | ground truth) for three targets.", "", "## Per identity", "",
