@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from .checkpoint import load_tensors, read_meta, save_tensors
 from .errors import Cancelled, CheckpointError, InvalidInput, LimitExceeded
+from .eval.metrics import psnr
 from .flame import JOINT_NAMES, head_model_id, load_head_model
 from .gaussians import Gaussians
 from .images import crop_portrait, to_uint8
@@ -62,10 +63,9 @@ def _report(progress: Progress, fraction: float, message: str) -> None:
         progress(float(min(max(fraction, 0.0), 1.0)), message)
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR (dB) between images in [0,1]."""
-    mse = F.mse_loss(a.float(), b.float()).clamp_min(1e-10)
-    return float(-10 * torch.log10(mse))
+def _psnr(rendered: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean PSNR (dB) of renders (V,H,W,3) against targets (V,H,W,3)."""
+    return float(psnr(rendered.permute(0, 3, 1, 2), target.permute(0, 3, 1, 2)).mean())
 
 
 # ------------------------------------------------------------------------------------ FLAME tracks
@@ -307,7 +307,7 @@ class Avatar:
             return pipe.render(canon, e, self.shape[None], pipe.cameras(e, s, s), bg).rgb
 
         with torch.no_grad():
-            before = psnr(render(), target)
+            before = _psnr(render(), target)
         for step in range(steps):
             _check_cancel(cancel)
             loss = F.l1_loss(render(), target)
@@ -319,7 +319,7 @@ class Avatar:
             if step % 10 == 0 or step == steps - 1:
                 _report(progress, (step + 1) / max(steps, 1), f"personalize step {step + 1}/{steps} loss {loss.item():.4f}")
         with torch.no_grad():
-            after = psnr(render(), target)
+            after = _psnr(render(), target)
         self.canonical = Gaussians(**{k: p.detach() for k, p in gparams.items()})
         result = {"steps": steps, "psnr_before": round(before, 3), "psnr_after": round(after, 3),
                   "seconds": round(time.perf_counter() - t0, 3), "views": v}

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from . import __version__
@@ -50,13 +50,9 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"file not found: {path}")
     try:
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            if not 0 < n < 100_000_000:
-                raise ValueError("bad header length")
-            header = json.loads(f.read(n))
-        return json.loads(header["__metadata__"][META_KEY])
-    except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+        with safe_open(str(path), framework="pt") as f:  # reads the header only
+            return json.loads((f.metadata() or {})[META_KEY])
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path.name} is not an FFAvatar file (safetensors with metadata): {e}") from e
 
 
