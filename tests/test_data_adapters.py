@@ -430,3 +430,24 @@ def test_open_source_detects_each_kind_and_parses_options(tmp_path):
     with pytest.raises(NotFound):
         open_source(tmp_path / "missing")
     assert parse_spec("C:/data")[0] is None
+
+
+# ---------------------------------------------------------------------------------------- sampler
+def test_sampler_focal_is_normalized_by_the_padded_square_not_the_width():
+    from ffavatar.data.folder import CameraRecord
+    from ffavatar.data.sampler import SamplerConfig, normalized_focal, sample_few_to_many
+
+    W, H, fx, S = 6, 10, 18.0, 20
+    cam = CameraRecord(K=[[fx, 0, W / 2], [0, fx, H / 2], [0, 0, 1]], viewmat=np.eye(4).tolist(), width=W, height=H)
+    assert normalized_focal(cam) == pytest.approx(1.8)  # fx / H; fx / W (3.0) would be off by H/W
+    # the geometry behind it: a point's pixel after padding W to H and resizing to S equals the
+    # projection with focal f*S and a centred principal point
+    x, z = 0.1, 1.0
+    u = fx * x / z + W / 2
+    u_square = (u + (H - W) / 2) * S / H
+    assert u_square == pytest.approx(normalized_focal(cam) * S * x / z + S / 2)
+    rec = IdentityRecord(id="p", frames=[FrameRecord(index=i, views=[ViewRecord(0, f"images/{i}.png", camera=cam)])
+                                         for i in range(3)])
+    out = sample_few_to_many(rec, lambda v: (np.zeros((H, W, 3), np.float32), None), np.random.default_rng(0),
+                             SamplerConfig(max_sources=1, targets=2, size=S))
+    np.testing.assert_allclose(out["target_focal"].numpy(), [1.8, 1.8], rtol=1e-6)

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import InvalidInput
-from .folder import FrameRecord, IdentityRecord, ViewRecord
+from .folder import CameraRecord, FrameRecord, IdentityRecord, ViewRecord
 
 
 class IdentitySource(Protocol):
@@ -80,13 +80,20 @@ def _resize(img: np.ndarray, size: int, fill: float) -> np.ndarray:
     return cv2.resize(img, (size, size), interpolation=interp)
 
 
+def normalized_focal(camera: CameraRecord) -> float:
+    """fx in units of the side of the square the image becomes: :func:`_resize` pads a W×H image to
+    max(W, H) before resizing, so the focal the network sees is ``fx / max(W, H)`` (not ``fx / W``,
+    which is off by H/W on portrait images)."""
+    return float(camera.K[0][0]) / max(int(camera.width), int(camera.height))
+
+
 def sample_few_to_many(record: IdentityRecord, load: Callable[[ViewRecord], tuple[np.ndarray, np.ndarray | None]],
                        rng: np.random.Generator, cfg: SamplerConfig) -> dict[str, torch.Tensor]:
     """One training sample of an identity.
 
     Returns source (Kmax,3,S,S), source_mask (Kmax,) bool, target (M,3,S,S), target_alpha (M,S,S)
     (ones when the data has no masks), target_has_alpha (M,) bool; when the data is calibrated
-    target_viewmat (M,4,4) and target_focal (M,) (focal / image width); and when the record has FLAME
+    target_viewmat (M,4,4) and target_focal (M,) (:func:`normalized_focal`); and when the record has FLAME
     parameters for the targets: target_expression (M,E), target_pose (M,5,3).
     """
     views: list[tuple[FrameRecord, ViewRecord]] = [(f, v) for f in record.frames for v in f.views]
@@ -121,9 +128,9 @@ def sample_few_to_many(record: IdentityRecord, load: Callable[[ViewRecord], tupl
            "target_has_alpha": torch.tensor([t[2] for t in tgts])}
     frames = [views[i][0] for i in tgt_idx]
     cams = [views[i][1].camera for i in tgt_idx]
-    if all(c is not None for c in cams):  # calibrated: world-to-camera and focal / image width
+    if all(c is not None for c in cams):  # calibrated: world-to-camera and focal / side of the padded square
         out["target_viewmat"] = torch.tensor([c.viewmat for c in cams], dtype=torch.float32)
-        out["target_focal"] = torch.tensor([c.K[0][0] / c.width for c in cams], dtype=torch.float32)
+        out["target_focal"] = torch.tensor([normalized_focal(c) for c in cams], dtype=torch.float32)
     if all(f.expression is not None and f.pose is not None for f in frames):
         out["target_expression"] = torch.tensor([f.expression for f in frames], dtype=torch.float32)
         out["target_pose"] = torch.tensor([f.pose for f in frames], dtype=torch.float32)
