@@ -4,6 +4,7 @@ place (images, masks, cameras, counts), and dataset specs → sources."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import zipfile
 from pathlib import Path
@@ -293,6 +294,30 @@ def _ava_camera(i):
     return K, R, t_mm
 
 
+def _avif(img: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="AVIF", quality=95)
+    data = buf.getvalue()
+    assert data[4:12] == b"ftypavif"
+    return data
+
+
+def _label_png(labels: np.ndarray, palette: bool) -> bytes:
+    """A segmentation PNG: palette mode (indices + a colour table whose entries are NOT the labels), or grey."""
+    from PIL import Image
+
+    im = Image.fromarray(labels.astype(np.uint8), mode="L")
+    if palette:
+        im = im.convert("P")
+        im.putdata(labels.reshape(-1).tolist())
+        im.putpalette([v for i in range(256) for v in ((37 * i + 90) % 256, (11 * i) % 256, 200)])
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def _ava_tree(root: Path, krt_text: bool = False) -> Path:
     dec = root / "20230405--1635--AAN112" / "decoder"
     dec.mkdir(parents=True)
@@ -317,7 +342,7 @@ def _ava_tree(root: Path, krt_text: bool = False) -> Path:
         w.writerow(["seg_id", "frame_id"])
         for f in range(6):
             w.writerow(["EXP_neutral_peak" if f < 3 else "EXP_free_face", f])
-    ext = ".avif" if cv2.haveImageWriter("x.avif") else ".png"
+    ext = ".avif"  # as released (Pillow >= 11.3 writes and reads AVIF on every platform)
     (dec / "image").mkdir()
     (dec / "segmentation_parts").mkdir()
     (dec / "head_pose").mkdir()
@@ -329,10 +354,8 @@ def _ava_tree(root: Path, krt_text: bool = False) -> Path:
             zipfile.ZipFile(dec / "head_pose" / "head_pose.zip", "w") as zpose:
         for f in range(6):
             img = np.zeros((40, 26, 3), np.uint8) + np.array([30 + 20 * f, 100, 160], np.uint8)
-            ok, buf = cv2.imencode(ext, img[..., ::-1])
-            assert ok
-            zimg.writestr(f"cam400001/{f:06d}{ext}", buf.tobytes())
-            zseg.writestr(f"cam400001/{f:06d}.png", encode_image(labels))
+            zimg.writestr(f"cam400001/{f:06d}{ext}", _avif(img))
+            zseg.writestr(f"cam400001/{f:06d}.png", _label_png(labels, palette=f % 2 == 0))
             H = np.hstack([_rot([0, 1, 0], 0.05 * f), [[1.0 * f], [-2.0], [30.0]]])
             zpose.writestr(f"{f:06d}.txt", "\n".join(" ".join(f"{v:.17g}" for v in r) for r in H))
     for f in range(6):
@@ -451,3 +474,40 @@ def test_sampler_focal_is_normalized_by_the_padded_square_not_the_width():
     out = sample_few_to_many(rec, lambda v: (np.zeros((H, W, 3), np.float32), None), np.random.default_rng(0),
                              SamplerConfig(max_sources=1, targets=2, size=S))
     np.testing.assert_allclose(out["target_focal"].numpy(), [1.8, 1.8], rtol=1e-6)
+
+
+@pytest.mark.parametrize("palette", [True, False])
+def test_ava256_segmentation_labels_are_indices_in_palette_and_grey_pngs(tmp_path, palette):
+    from PIL import Image
+
+    from ffavatar.data.ava256 import _decode_labels
+
+    labels = np.zeros((40, 26), np.uint8)
+    labels[:, 8:18] = 2
+    labels[30:, 18:] = 3
+    data = _label_png(labels, palette)
+    assert Image.open(io.BytesIO(data)).mode == ("P" if palette else "L")
+    np.testing.assert_array_equal(_decode_labels(data), labels)
+    _ava_tree(tmp_path)
+    src = Ava256Source(tmp_path, every=1, cameras=["400001"])
+    ident = src.identities[0]
+    frame = src.identity(ident).frames[0 if palette else 1]  # even frames hold palette PNGs, odd ones grey
+    _, mask = src.load_view(ident, frame.views[0])
+    np.testing.assert_array_equal(mask, (labels == 2).astype(np.float32))  # 0 background, 3 chair
+    rgb = Image.fromarray(np.zeros((4, 4, 3), np.uint8))
+    buf = io.BytesIO()
+    rgb.save(buf, format="PNG")
+    with pytest.raises(InvalidInput, match="RGB image"):
+        _decode_labels(buf.getvalue())
+
+
+def test_ava256_avif_decodes_through_pillow(tmp_path):
+    from ffavatar.data.ava256 import avif_support, decode_ava_image
+
+    assert avif_support()  # a dependency: Pillow >= 11.3 (its wheels carry libavif everywhere)
+    img = np.zeros((40, 26, 3), np.uint8) + np.array([90, 100, 160], np.uint8)
+    img[:, 13:] = (220, 40, 30)
+    out = decode_ava_image(_avif(img), "cam400001/000000.avif")
+    assert out.shape == (40, 26, 3)
+    np.testing.assert_allclose(out[5:35, 2:10].reshape(-1, 3).mean(0), [90, 100, 160], atol=6)
+    np.testing.assert_allclose(out[5:35, 17:24].reshape(-1, 3).mean(0), [220, 40, 30], atol=8)

@@ -36,11 +36,11 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
 
-import cv2
 import numpy as np
+from PIL import Image, features
 
 from ..errors import ImageDecodeError, InvalidInput, LimitExceeded, NotFound
-from ..images import MAX_PIXELS, decode_image, image_dimensions, to_float
+from ..images import MAX_PIXELS, decode_image, to_float
 from .folder import CameraRecord, FrameRecord, IdentityRecord, ViewRecord
 from .nersemble import resize_mask, safe_relpath, scaled_intrinsics
 from .video import sanitize_id
@@ -275,7 +275,7 @@ class Ava256Source:
                     stem, ext = os.path.splitext(n.rsplit("/", 1)[-1])
                     if ext.lower() == ".png" and n.startswith(f"cam{s}/") and stem.isdigit():
                         masks[f"{int(stem):06d}"] = mprefix + n
-            first = decode_image(self._read(dec, images[min(images)]))
+            first = decode_ava_image(self._read(dec, images[min(images)]), images[min(images)])
             K = scaled_intrinsics(calib[s][0], self.calib_size, (first.shape[1], first.shape[0]),
                                   where=f"Ava-256 {identity} cam{s}")
             cam = CameraRecord(K=K.tolist(), viewmat=_viewmat(calib[s][1], self.units).tolist(),
@@ -312,24 +312,56 @@ class Ava256Source:
         if identity not in self._decoders:
             raise NotFound(f"no Ava-256 identity {identity!r}")
         dec = self._decoders[identity]
-        rgb = to_float(decode_image(self._read(dec, view.image)))
+        rgb = to_float(decode_ava_image(self._read(dec, view.image), view.image))
         mask = None
         if view.mask:
-            labels = _decode_labels(self._read(dec, view.mask))
+            labels = _decode_labels(self._read(dec, view.mask), view.mask)
             mask = (~np.isin(labels, self.background_labels)).astype(np.float32)
             mask = resize_mask(mask, rgb.shape[1], rgb.shape[0])
         return rgb, mask
 
 
-def _decode_labels(data: bytes) -> np.ndarray:
-    """An 8-bit label PNG as integer labels (H, W)."""
-    dims = image_dimensions(data[:65536])
-    if dims is not None and dims[0] * dims[1] > MAX_PIXELS:
-        raise LimitExceeded(f"label image is {dims[0]}x{dims[1]}; the limit is {MAX_PIXELS} pixels")
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if arr is None:
-        raise ImageDecodeError("could not decode a segmentation PNG")
-    return (arr[..., 0] if arr.ndim == 3 else arr).astype(np.int64)
+def _pillow_open(data: bytes, what: str) -> Image.Image:
+    """A lazily opened Pillow image whose size (from its header) is within ``MAX_PIXELS``."""
+    try:
+        im = Image.open(io.BytesIO(data))
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageDecodeError(f"could not read {what}: {e}") from None
+    if im.width * im.height > MAX_PIXELS:
+        raise LimitExceeded(f"{what} is {im.width}x{im.height}; the limit is {MAX_PIXELS} pixels")
+    return im
+
+
+def avif_support() -> bool:
+    """Whether Pillow here decodes AVIF (Pillow >= 11.3 wheels do on Linux, macOS and Windows)."""
+    return bool(features.check("avif"))
+
+
+def decode_ava_image(data: bytes, name: str = "image") -> np.ndarray:
+    """RGB uint8 (H, W, 3) of an Ava-256 image: AVIF through Pillow (a dependency, >= 11.3, whose wheels
+    always carry libavif), other formats through :func:`ffavatar.images.decode_image`."""
+    if not (data[4:8] == b"ftyp" and (b"avif" in data[8:64] or b"avis" in data[8:64])):
+        return decode_image(data)
+    if not avif_support():
+        raise ImageDecodeError(f"{name} is AVIF but this Pillow has no AVIF decoder",
+                               hint="install Pillow >= 11.3 from its wheels (pip install -U pillow)")
+    im = _pillow_open(data, name)
+    try:
+        return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError) as e:
+        raise ImageDecodeError(f"could not decode {name}: {e}") from None
+
+
+def _decode_labels(data: bytes, name: str = "segmentation PNG") -> np.ndarray:
+    """Integer labels (H, W) of a segmentation PNG: palette (``P``) images give their indices, not the
+    palette colours; grey (``L``, ``I;16``, ``I``) images give their values. Colour images are refused."""
+    im = _pillow_open(data, name)
+    if im.mode not in ("P", "L", "I;16", "I;16B", "I;16L", "I"):
+        raise InvalidInput(f"{name} is a {im.mode} image; segmentation labels must be palette or grey values")
+    try:
+        return np.asarray(im).astype(np.int64)
+    except (OSError, ValueError) as e:
+        raise ImageDecodeError(f"could not decode {name}: {e}") from None
 
 
 __all__ = ["AVA_CALIB_SIZE", "Ava256Source"]
