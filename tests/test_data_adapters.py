@@ -167,7 +167,11 @@ def test_crop_box_replicates_the_border_outside_the_image():
 
 
 # ---------------------------------------------------------------------------------------- NeRSemble
-K_FULL = np.array([[30.0, 0.0, 11.0], [0.0, 31.0, 16.5], [0.0, 0.0, 1.0]])
+# Trees are built from the published layouts: v1 (nersemble repository: multi_view_data.py),
+# v2 (nersemble-data: constants.ASSETS) and the benchmark (nersemble-benchmark: constants.ASSETS).
+SERIALS = ["222200037", "222200038"]
+K_V2 = np.array([[8185.07715, 0.0, 1099.70068], [0.0, 8185.32178, 1603.50024], [0.0, 0.0, 1.0]])
+"""A real NeRSemble v2 intrinsic matrix (shared by the 16 cameras, for 2200x3208 images)."""
 
 
 def _w2c(seed):
@@ -182,105 +186,200 @@ def _colour(t, cam):
     return (40 + 30 * t, 60 + 50 * cam, 120)
 
 
-def _nersemble_tree(root: Path) -> None:
-    serials = ["222200037", "222200038"]
+def _ours(K, scale):
+    """K in OpenCV pixel convention at full resolution → ours (centres at +0.5) at 1/scale."""
+    out = np.array(K, float)
+    out[:2, 2] += 0.5
+    out[:2] /= scale
+    return out
+
+
+def _nersemble_tree(root: Path, size=(1100, 1604), K=K_V2) -> None:
+    """NeRSemble v1: ROOT/<p>/sequences/<S>/frame_<t>/images-2x-73fps/cam_<serial>.png, alpha_map-73fps,
+    ROOT/<p>/camera_params.json (one K for 2200x3208 images, no size stated)."""
+    w, h = size
     seqs = {"EXP-1-head": [0, 3, 6], "EMO-1-shout+laugh": [0, 3]}
-    for s_i, (seq, steps) in enumerate(seqs.items()):
+    for seq, steps in seqs.items():
         for t in steps:
-            fdir = root / "018" / "sequences" / seq / "timesteps" / f"frame_{t:05d}"
-            for c, serial in enumerate(serials):
-                img = np.zeros((16, 11, 3), np.uint8) + np.array(_colour(t, c), np.uint8)
-                (fdir / "images-2x").mkdir(parents=True, exist_ok=True)
-                (fdir / "images-2x" / f"cam_{serial}.jpg").write_bytes(encode_image(img, "jpeg", quality=100))
-                if c == 0:  # full-resolution alpha map: left half foreground
-                    alpha = np.zeros((32, 22), np.uint8)
-                    alpha[:, :11] = 255
-                    save_image(fdir / "alpha_map" / f"cam_{serial}.png", alpha)
-    per_seq = {"intrinsics": K_FULL.tolist(), "width": 22, "height": 32,
-               "world_2_cam": {s: _w2c(i).tolist() for i, s in enumerate(serials)}}
-    per_p = {"intrinsics": K_FULL.tolist(), "width": 22, "height": 32,
-             "world_2_cam": {s: _w2c(10 + i).tolist() for i, s in enumerate(serials)}}
-    (root / "camera_params" / "018" / "EXP-1-head").mkdir(parents=True)
-    (root / "camera_params" / "018" / "EXP-1-head" / "camera_params.json").write_text(json.dumps(per_seq))
-    (root / "camera_params" / "018" / "camera_params.json").write_text(json.dumps(per_p))
+            fdir = root / "018" / "sequences" / seq / f"frame_{t:05d}"
+            for c, serial in enumerate(SERIALS):
+                save_image(fdir / "images-2x-73fps" / f"cam_{serial}.png",
+                           np.zeros((h, w, 3), np.uint8) + np.array(_colour(t, c), np.uint8))
+                if c == 0:
+                    alpha = np.zeros((h, w), np.uint8)
+                    alpha[:, : w // 2] = 255
+                    save_image(fdir / "alpha_map-73fps" / f"cam_{serial}.png", alpha)
+    doc = {"intrinsics": np.asarray(K).tolist(), "world_2_cam": {s: _w2c(i).tolist() for i, s in enumerate(SERIALS)}}
+    (root / "018" / "camera_params.json").write_text(json.dumps(doc))
 
 
-def test_nersemble_timesteps_layout_images_masks_cameras(tmp_path):
+def test_resolve_intrinsics_on_the_released_numbers():
+    from ffavatar.data.nersemble import resolve_intrinsics
+
+    # v1/v2: one K for 2200x3208; delivered 1100x1604 (v1 images-2x, extracted frames) or full size
+    half = resolve_intrinsics(K_V2, (1100, 1604), declared=None)
+    np.testing.assert_allclose(half, _ours(K_V2, 2), atol=1e-9)
+    assert half[1, 2] == pytest.approx(1604 / 2, abs=1e-3)  # the released cy lands on the image centre
+    full = resolve_intrinsics(K_V2, (2200, 3208), declared=None)
+    assert full[1, 2] == pytest.approx(3208 / 2, abs=1e-3) and full[0, 0] == K_V2[0, 0]
+    # the benchmark: per-camera K already at the delivered 1100x1604 or 512x512 → not scaled again
+    k_bench = K_V2.copy()
+    k_bench[:2] /= 2
+    np.testing.assert_allclose(resolve_intrinsics(k_bench, (1100, 1604), declared=None), _ours(k_bench, 1))
+    k_mono = np.array([[2300.0, 0, 255.5], [0, 2300.0, 260.1], [0, 0, 1]])
+    np.testing.assert_allclose(resolve_intrinsics(k_mono, (512, 512), declared=None), _ours(k_mono, 1))
+    # a stated size wins; a K that fits no reading is an error, not a guess
+    np.testing.assert_allclose(resolve_intrinsics(K_V2, (550, 802), declared=(2200, 3208)), _ours(K_V2, 4))
+    with pytest.raises(InvalidInput, match="fits neither"):
+        resolve_intrinsics(np.array([[900.0, 0, 40], [0, 900, 60], [0, 0, 1]]), (1100, 1604), declared=None)
+    np.testing.assert_allclose(resolve_intrinsics(K_V2, (1100, 1604), declared=None, pixel_centers="continuous"),
+                               scaled_intrinsics(K_V2, (2200, 3208), (1100, 1604)))
+
+
+def test_nersemble_v1_layout_images_masks_cameras(tmp_path):
     _nersemble_tree(tmp_path)
     src = NeRSembleSource(tmp_path)
     assert src.kind == "multiview" and src.identities == ["018"]
     rec = src.identity("018")
     assert len(rec.frames) == 5 and all(len(f.views) == 2 for f in rec.frames)  # EMO (2) then EXP (3)
-    assert [f.index for f in rec.frames] == [0, 1, 2, 3, 4]
-    first_exp = rec.frames[2]
-    v0, v1 = first_exp.views
+    v0, v1 = rec.frames[2].views
     assert (v0.view, v1.view) == (0, 1)
-    assert v0.image == "sequences/EXP-1-head/timesteps/frame_00000/images-2x/cam_222200037.jpg"
+    assert v0.image == "sequences/EXP-1-head/frame_00000/images-2x-73fps/cam_222200037.png"
     assert v0.mask is not None and v1.mask is None
-    K_half = K_FULL * np.array([[0.5], [0.5], [1.0]])
-    np.testing.assert_allclose(v0.camera.K, K_half, atol=1e-12)
-    np.testing.assert_allclose(v0.camera.viewmat, _w2c(0), atol=1e-12)  # per-sequence calibration wins
-    np.testing.assert_allclose(rec.frames[0].views[1].camera.viewmat, _w2c(11), atol=1e-12)  # participant's
-    assert (v0.camera.width, v0.camera.height) == (11, 16)
-    # a world point lands at half the full-resolution pixel coordinates
+    np.testing.assert_allclose(v0.camera.K, _ours(K_V2, 2), atol=1e-9)
+    np.testing.assert_allclose(v0.camera.viewmat, _w2c(0), atol=1e-12)
+    assert (v0.camera.width, v0.camera.height) == (1100, 1604)
+    # a world point lands at half its full-resolution pixel (continuous coordinates)
     p = np.linalg.inv(_w2c(0))[:3, :3] @ np.array([0.05, -0.02, 0.9]) + np.linalg.inv(_w2c(0))[:3, 3]
     np.testing.assert_allclose(_project(v0.camera.K, v0.camera.viewmat, p),
-                               _project(K_FULL, _w2c(0), p) / 2, atol=1e-9)
+                               (_project(K_V2, _w2c(0), p) + 0.5) / 2, atol=1e-9)
     rgb, mask = src.load_view("018", v0)
-    assert rgb.shape == (16, 11, 3) and rgb.dtype == np.float32
-    np.testing.assert_allclose(rgb.reshape(-1, 3).mean(0) * 255, _colour(0, 0), atol=3)
-    assert mask.shape == (16, 11)
-    np.testing.assert_allclose(mask[:, :5], 1.0) and np.testing.assert_allclose(mask[:, 6:], 0.0)
+    assert rgb.shape == (1604, 1100, 3) and rgb.dtype == np.float32
+    np.testing.assert_allclose(rgb[::97, ::89].reshape(-1, 3).mean(0) * 255, _colour(0, 0), atol=1)
+    np.testing.assert_allclose(mask[:, :540], 1.0) and np.testing.assert_allclose(mask[:, 560:], 0.0)
     assert src.load_view("018", v1)[1] is None
-
-
-def test_nersemble_per_sequence_filters_and_every(tmp_path):
-    _nersemble_tree(tmp_path)
-    src = NeRSembleSource(tmp_path, per_sequence=True, every=2, cameras=["222200038"])
-    assert src.identities == ["018_EMO-1-shout_laugh", "018_EXP-1-head"]
-    rec = src.identity("018_EXP-1-head")
-    assert len(rec.frames) == 2 and [len(f.views) for f in rec.frames] == [1, 1]
-    assert rec.frames[1].views[0].image.endswith("frame_00006/images-2x/cam_222200038.jpg")
-    assert rec.frames[1].views[0].view == 1
-    rgb, _ = src.load_view("018_EXP-1-head", rec.frames[1].views[0])
-    np.testing.assert_allclose(rgb.reshape(-1, 3).mean(0) * 255, _colour(6, 1), atol=3)
+    per = NeRSembleSource(tmp_path, per_sequence=True, every=2, cameras=["222200038"])
+    assert per.identities == ["018_EMO-1-shout_laugh", "018_EXP-1-head"]
+    rec = per.identity("018_EXP-1-head")
+    assert [len(f.views) for f in rec.frames] == [1, 1] and rec.frames[1].views[0].view == 1
+    assert rec.frames[1].views[0].image.endswith("frame_00006/images-2x-73fps/cam_222200038.png")
     assert len(NeRSembleSource(tmp_path, max_frames=2).identity("018").frames) == 2
     with pytest.raises(InvalidInput, match="no images"):
         NeRSembleSource(tmp_path, scale=4).identity("018")
 
 
-def test_nersemble_flat_vhap_layout_with_per_camera_intrinsics(tmp_path):
-    serials = ["220700191", "222200036"]
-    for t in (0, 1, 2):
-        for c, s in enumerate(serials):
-            img = np.zeros((16, 11, 3), np.uint8) + np.array(_colour(t, c), np.uint8)
-            save_image(tmp_path / "030" / "EXP-2-eyes" / "images_2" / f"cam_{s}_{t:05d}.png", img)
-            save_image(tmp_path / "030" / "EXP-2-eyes" / "alpha_maps" / f"cam_{s}_{t:05d}.png",
-                       np.full((16, 11), 255 if c else 0, np.uint8))
-    Ks = {s: (K_FULL * (1 + i)).tolist() for i, s in enumerate(serials)}
-    for K in Ks.values():
-        K[2][2] = 1.0
-    doc = {"intrinsics": Ks, "world_2_cam": {s: _w2c(20 + i)[:3].tolist() for i, s in enumerate(serials)}}
-    (tmp_path / "camera_params" / "030").mkdir(parents=True)
-    (tmp_path / "camera_params" / "030" / "camera_params.json").write_text(json.dumps(doc))
-    src = NeRSembleSource(tmp_path, calib_size=(22, 32))
-    rec = src.identity("030")
-    assert len(rec.frames) == 3 and [len(f.views) for f in rec.frames] == [2, 2, 2]
+def _frame(t, c, w, h):
+    img = np.zeros((h, w, 3), np.uint8) + np.array(_colour(t, c), np.uint8)
+    img[: h // 8, : w // 8] = (250, 250, 250)  # a marker in the top-left corner
+    return img
+
+
+def _v2_tree(root: Path, size=(1100, 1604), frames=4) -> Path:
+    """NeRSemble v2 as downloaded (nersemble-data): <p>/calibration/camera_params.json (one K for
+    2200x3208), <p>/sequences/<S>/images/cam_<serial>.mp4; here also alpha maps as videos."""
+    w, h = size
+    seq = root / "240" / "sequences" / "EXP-4-lips"
+    for c, s in enumerate(SERIALS):
+        write_video(seq / "images" / f"cam_{s}.mp4", [_frame(t, c, w, h) for t in range(frames)])
+    alpha = np.zeros((h, w, 3), np.uint8)
+    alpha[:, w // 2:] = 255
+    write_video(seq / "alpha_maps" / f"cam_{SERIALS[1]}.mp4", [alpha] * frames)
+    (root / "240" / "sequences" / "BACKGROUND").mkdir(parents=True)
+    save_image(root / "240" / "sequences" / "BACKGROUND" / f"image_{SERIALS[0]}.jpg", np.zeros((8, 8, 3), np.uint8))
+    (root / "240" / "calibration").mkdir(parents=True)
+    doc = {"intrinsics": K_V2.tolist(), "world_2_cam": {s: _w2c(i).tolist() for i, s in enumerate(SERIALS)}}
+    (root / "240" / "calibration" / "camera_params.json").write_text(json.dumps(doc))
+    (root / "240" / "calibration" / "color_calibration.json").write_text(json.dumps({s: np.eye(3).tolist()
+                                                                                      for s in SERIALS}))
+    return seq
+
+
+def test_nersemble_v2_videos_decoded_on_the_fly(tmp_path):
+    _v2_tree(tmp_path)
+    src = open_source(tmp_path)
+    assert isinstance(src, NeRSembleSource) and src.identities == ["240"]
+    rec = src.identity("240")
+    assert len(rec.frames) == 4 and [len(f.views) for f in rec.frames] == [2, 2, 2, 2]
     v = rec.frames[2].views[1]
-    assert v.image == "EXP-2-eyes/images_2/cam_222200036_00002.png"
-    np.testing.assert_allclose(np.asarray(v.camera.K)[:2], (np.asarray(Ks["222200036"]) * 0.5)[:2], atol=1e-12)
-    np.testing.assert_allclose(v.camera.viewmat, _w2c(21), atol=1e-12)  # 3x4 padded to 4x4
-    rgb, mask = src.load_view("030", v)
-    np.testing.assert_allclose(rgb[0, 0] * 255, _colour(2, 1), atol=0.51)
-    assert mask.min() == 1.0 and src.load_view("030", rec.frames[0].views[0])[1].max() == 0.0
+    assert v.image == "sequences/EXP-4-lips/images/cam_222200038.mp4#2"
+    assert v.mask == "sequences/EXP-4-lips/alpha_maps/cam_222200038.mp4#2" and rec.frames[2].views[0].mask is None
+    np.testing.assert_allclose(v.camera.K, _ours(K_V2, 2), atol=1e-9)  # the video is 1100x1604
+    for f in (3, 0, 2, 1):  # random access
+        rgb, mask = src.load_view("240", rec.frames[f].views[1])
+        assert rgb.shape == (1604, 1100, 3)
+        np.testing.assert_allclose(rgb[900:1500, 300:800].reshape(-1, 3).mean(0) * 255, _colour(f, 1), atol=4)
+        assert rgb[20, 20].min() > 0.9  # the marker: not flipped
+        assert mask[:, :500].max() < 0.1 and mask[:, 600:].min() > 0.9
+    assert NeRSembleSource(tmp_path, every=3).identity("240").frames[1].views[0].image.endswith("#3")
 
 
-def test_scaled_intrinsics_default_nersemble_size_and_aspect_check():
-    K = np.array([[8000.0, 0, 1100.0], [0, 8000.0, 1604.0], [0, 0, 1]])
-    np.testing.assert_allclose(scaled_intrinsics(K, (2200, 3208), (1100, 1604)),
-                               [[4000, 0, 550], [0, 4000, 802], [0, 0, 1]])
-    with pytest.raises(InvalidInput, match="different aspect"):
-        scaled_intrinsics(K, (2200, 3208), (1604, 1100))
+def test_data_extract_then_read_the_frames(tmp_path):
+    from ffavatar.data.nersemble import extract_frames
+
+    _v2_tree(tmp_path / "v2", size=(220, 320), frames=3)
+    K_small = K_V2 / np.array([[10], [10], [1]])  # for this test's 220x320 "full resolution"
+    doc = json.loads((tmp_path / "v2" / "240" / "calibration" / "camera_params.json").read_text())
+    doc["intrinsics"] = K_small.tolist()
+    (tmp_path / "v2" / "240" / "calibration" / "camera_params.json").write_text(json.dumps(doc))
+    out = tmp_path / "frames"
+    rep = extract_frames(tmp_path / "v2", out, scale=2)
+    assert rep.written == {"240/EXP-4-lips": 9} and rep.existing == {"240/EXP-4-lips": 0}  # 2 cameras + 1 alpha video, 3 frames
+    seq = out / "240" / "sequences" / "EXP-4-lips"
+    assert sorted(p.name for p in (seq / "images_2").iterdir())[:2] == ["cam_222200037_00000.jpg",
+                                                                        "cam_222200037_00001.jpg"]
+    assert (out / "240" / "calibration" / "camera_params.json").is_file()
+    again = extract_frames(tmp_path / "v2", out, scale=2)
+    assert again.written == {"240/EXP-4-lips": 0} and again.existing == {"240/EXP-4-lips": 9}
+    src = NeRSembleSource(out, calib_size=(220, 320))
+    rec = src.identity("240")
+    v = rec.frames[1].views[1]
+    assert v.image == "sequences/EXP-4-lips/images_2/cam_222200038_00001.jpg"
+    assert v.mask == "sequences/EXP-4-lips/alpha_maps/cam_222200038_00001.png"
+    np.testing.assert_allclose(v.camera.K, _ours(K_small, 2), atol=1e-9)
+    rgb, mask = src.load_view("240", v)
+    assert rgb.shape == (160, 110, 3)
+    np.testing.assert_allclose(rgb[90:150, 30:80].reshape(-1, 3).mean(0) * 255, _colour(1, 1), atol=4)
+    assert mask[:, :50].max() < 0.1 and mask[:, 60:].min() > 0.9
+
+
+def _benchmark_tree(root: Path, n=5) -> None:
+    """nersemble-benchmark: ROOT/nvs/<p>/... at 1100x1604 (here 110x160 with its own K) and
+    ROOT/mono_flame_avatar/<p>/... at 512x512, per-camera intrinsics at the delivered size."""
+    nvs = root / "nvs" / "388"
+    for c, s in enumerate(SERIALS):
+        write_video(nvs / "sequences" / "GLASSES" / "images" / f"cam_{s}.mp4", [_frame(t, c, 110, 160) for t in range(3)])
+    k_nvs = {s: [[409.0 + c, 0, 54.9], [0, 409.0, 80.2], [0, 0, 1]] for c, s in enumerate(SERIALS)}
+    (nvs / "calibration").mkdir(parents=True)
+    (nvs / "calibration" / "camera_params.json").write_text(json.dumps(
+        {"intrinsics": k_nvs, "world_2_cam": {s: _w2c(i).tolist() for i, s in enumerate(SERIALS + ["222200046"])}
+         | {}}))
+    doc = json.loads((nvs / "calibration" / "camera_params.json").read_text())
+    doc["intrinsics"]["222200046"] = k_nvs[SERIALS[0]]  # a hold-out camera: calibrated, no video
+    (nvs / "calibration" / "camera_params.json").write_text(json.dumps(doc))
+    mono = root / "mono_flame_avatar" / "461"
+    write_video(mono / "sequences" / "EXP-1-head" / "images" / "cam_222200037.mp4",
+                [_frame(t, 0, 512, 512) for t in range(n)])
+    (mono / "sequences" / "FREE" / "tracking").mkdir(parents=True)  # a test sequence: tracking, no video
+    (mono / "calibration").mkdir(parents=True)
+    (mono / "calibration" / "camera_params.json").write_text(json.dumps(
+        {"intrinsics": {"222200037": [[2300.0, 0, 255.5], [0, 2300.0, 257.0], [0, 0, 1]]},
+         "world_2_cam": {"222200037": _w2c(7).tolist()}}))
+
+
+def test_nersemble_benchmark_layout_keeps_delivered_intrinsics(tmp_path):
+    _benchmark_tree(tmp_path)
+    src = open_source(tmp_path)  # the benchmark folder itself
+    assert src.identities == ["388", "461"]
+    rec = src.identity("388")
+    assert len(rec.frames) == 3 and [v.view for v in rec.frames[0].views] == [0, 1]  # 222200046: no video
+    np.testing.assert_allclose(rec.frames[0].views[1].camera.K, [[410.0, 0, 55.4], [0, 409.0, 80.7], [0, 0, 1]])
+    mono = src.identity("461")
+    cam = mono.frames[0].views[0].camera
+    assert (cam.width, cam.height) == (512, 512)  # the 512x512 track passes (no aspect check against 2200x3208)
+    np.testing.assert_allclose(cam.K, [[2300.0, 0, 256.0], [0, 2300.0, 257.5], [0, 0, 1]])
+    assert len(mono.frames) == 5 and all(f.expression is None for f in mono.frames)
+    only = NeRSembleSource(tmp_path / "mono_flame_avatar")  # one task folder works too
+    assert only.identities == ["461"]
 
 
 # ---------------------------------------------------------------------------------------- Ava-256
@@ -419,10 +518,10 @@ def test_ava256_head_frame_segments_and_max_frames(tmp_path):
 
 # ---------------------------------------------------------------------------------------- specs
 def test_open_source_detects_each_kind_and_parses_options(tmp_path):
-    _nersemble_tree(tmp_path / "ners")
+    _nersemble_tree(tmp_path / "ners", size=(11, 16), K=K_V2 / np.array([[100], [100], [1]]))
     _ava_tree(tmp_path / "ava")
     assert isinstance(open_source(tmp_path / "ners"), NeRSembleSource)
-    src = open_source(f"nersemble:{tmp_path / 'ners'}?per_sequence=true&every=2&participants=18")
+    src = open_source(f"nersemble:{tmp_path / 'ners'}?per_sequence=true&every=2&participants=18&calib_size=22x32")
     assert src.identities == ["018_EMO-1-shout_laugh", "018_EXP-1-head"] and src.every == 2
     ava = open_source(f"ava256:{tmp_path / 'ava'}?every=3&head_frame=false")
     assert isinstance(ava, Ava256Source) and ava.every == 3

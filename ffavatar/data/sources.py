@@ -4,11 +4,12 @@ Spec grammar: ``[SCHEME:]PATH[?key=value&key=value]``
 
 =================  ====================================================================================
 ``PATH``           auto-detected: ``dataset.json`` → folder; ``index.json``/``*.tar`` → shards;
-                   ``<capture>/decoder/`` → Ava-256; ``<participant>/sequences/`` or ``camera_params/``
-                   → NeRSemble
+                   ``<capture>/decoder/`` → Ava-256; ``<participant>/``, ``camera_params/``, ``nvs/`` or
+                   ``mono_flame_avatar/`` → NeRSemble
 ``folder:PATH``    :class:`~ffavatar.data.folder.FolderDataset`
 ``nersemble:PATH`` :class:`~ffavatar.data.nersemble.NeRSembleSource` (options: per_sequence, participants,
-                   sequences, cameras, scale, every, max_frames, calib_size=WxH, masks)
+                   sequences, cameras, scale, every, max_frames, calib_size=WxH, masks, pixel_centers,
+                   tracking, flame)
 ``ava256:PATH``    :class:`~ffavatar.data.ava256.Ava256Source` (options: every, max_frames, cameras,
                    segments, head_frame, calib_size=WxH, masks, background_labels, units)
 ``shards:PATH``    a :class:`~ffavatar.data.shards.ShardSpec` (a folder of tar shards or one .tar)
@@ -33,7 +34,7 @@ from ..errors import InvalidInput, NotFound
 from ..images import VIDEO_SUFFIXES
 from .ava256 import Ava256Source
 from .folder import FolderDataset
-from .nersemble import NeRSembleSource
+from .nersemble import BENCHMARK_TASKS, NeRSembleSource
 from .shards import SHARD_FORMAT, ShardSpec, list_shards
 
 SCHEMES = ("folder", "nersemble", "ava256", "shards")
@@ -59,7 +60,8 @@ def _size(v: str) -> tuple[int, int]:
 
 _OPTIONS: dict[str, dict[str, Callable[[str], Any]]] = {
     "nersemble": {"per_sequence": _bool, "participants": _list, "sequences": _list, "cameras": _list, "scale": int,
-                  "every": int, "max_frames": int, "calib_size": _size, "masks": _bool},
+                  "every": int, "max_frames": int, "calib_size": _size, "masks": _bool, "pixel_centers": str,
+                  "tracking": _bool, "flame": str},
     "ava256": {"every": int, "max_frames": int, "cameras": _list, "segments": _list, "head_frame": _bool,
                "calib_size": _size, "masks": _bool, "background_labels": lambda v: [int(x) for x in _list(v)],
                "units": float},
@@ -128,7 +130,8 @@ def detect_scheme(path: Path) -> str:
             any((c / "decoder" / "camera_calibration.json").is_file() or (c / "decoder" / "KRT").is_file()
                 for c in children if c.is_dir()):
         return "ava256"
-    if (path / "camera_params").is_dir() or any(c.is_dir() and c.name.isdigit() for c in children):
+    if (path / "camera_params").is_dir() or any(c.is_dir() and (c.name.isdigit() or c.name in BENCHMARK_TASKS)
+                                                for c in children):
         return "nersemble"
     if any(c.is_file() and c.suffix.lower() in VIDEO_SUFFIXES for c in children):
         raise InvalidInput(f"{path} holds videos: convert them to a dataset first",
