@@ -610,3 +610,123 @@ def test_ava256_avif_decodes_through_pillow(tmp_path):
     assert out.shape == (40, 26, 3)
     np.testing.assert_allclose(out[5:35, 2:10].reshape(-1, 3).mean(0), [90, 100, 160], atol=6)
     np.testing.assert_allclose(out[5:35, 17:24].reshape(-1, 3).mean(0), [220, 40, 30], atol=8)
+
+
+# ---------------------------------------------------------------------------------------- FLAME tracking
+def _rx(a):
+    c, s = np.cos(a), np.sin(a)
+    return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+
+
+def _ry(a):
+    c, s = np.cos(a), np.sin(a)
+    return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+
+
+def _rz(a):
+    c, s = np.cos(a), np.sin(a)
+    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+
+
+def _tracking_npz(path: Path, T: int, n_shape: int, n_expr: int, seed=0, frames=None) -> dict:
+    """A flame2023_tracking_v2.npz of the benchmark's structure (FlameTracking fields)."""
+    rng = np.random.default_rng(seed)
+    rot = rng.uniform(-0.6, 0.6, (T, 3))
+    d = {"shape": rng.normal(size=(1, n_shape)), "expression": rng.normal(size=(T, n_expr)) * 0.5,
+         "rotation": rot, "rotation_matrices": np.stack([_rx(a) @ _ry(b) @ _rz(c) for a, b, c in rot]),
+         "translation": rng.normal(size=(T, 3)) * 0.05 + [0, 0, 0.1], "jaw": rng.uniform(0, 0.2, (T, 3)),
+         "frames": np.arange(T) if frames is None else np.asarray(frames), "scale": np.array([[1.3]]),
+         "neck": rng.normal(size=(T, 3)) * 0.05, "eyes": rng.normal(size=(T, 6)) * 0.05}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **d)
+    return d
+
+
+def test_tracking_euler_xyz_and_the_exact_conversion_to_our_root_pose(tmp_path, tiny_flame):
+    from scipy.spatial.transform import Rotation
+
+    from ffavatar.data.nersemble_tracking import FlameTracking
+    from ffavatar.flame import FlameModel
+
+    d = _tracking_npz(tmp_path / "t.npz", T=4, n_shape=6, n_expr=4)
+    tr = FlameTracking.load(tmp_path / "t.npz")
+    np.testing.assert_allclose(tr.rotation_matrices(), d["rotation_matrices"], atol=1e-12)  # Rx @ Ry @ Rz
+    pose = tr.pose()
+    for i in range(4):  # the root axis-angle is that rotation; the other joints as tracked
+        np.testing.assert_allclose(Rotation.from_rotvec(pose[i, 0]).as_matrix(), d["rotation_matrices"][i], atol=1e-12)
+    np.testing.assert_array_equal(pose[:, 2], d["jaw"])
+    np.testing.assert_array_equal(pose[:, 3:].reshape(4, 6), d["eyes"])
+    flame = FlameModel(tiny_flame, dtype=torch.float64)
+    shape = torch.tensor(np.tile(d["shape"], (4, 1)))
+    expr = torch.tensor(d["expression"])
+    # the benchmark's FLAME: zero root rotation, then x_world = scale * R @ x + translation
+    pose0 = torch.tensor(pose).clone()
+    pose0[:, 0] = 0
+    ref = flame(shape=shape, expression=expr, pose=pose0).vertices.numpy()
+    world = 1.3 * np.einsum("tij,tvj->tvi", d["rotation_matrices"], ref) + d["translation"][:, None]
+    # ours: the root joint carries the rotation; tau and the scale place it
+    j0 = flame(shape=shape, expression=expr).joints[:, 0].numpy()
+    tau = tr.flame_translation(j0)
+    ours = flame(shape=shape, expression=expr, pose=torch.tensor(pose), translation=torch.tensor(tau)).vertices.numpy()
+    np.testing.assert_allclose(1.3 * ours, world, atol=1e-9)  # smplx rodrigues adds 1e-8 to angles
+    # a camera of the world sees FLAME(pose) (no translation) in FLAME's frame through camera_in_flame
+    K = np.array([[500.0, 0, 256], [0, 500, 256], [0, 0, 1]])
+    vm = _w2c(3)
+    vm_f = tr.camera_in_flame(vm, tau)
+    posed = ours - tau[:, None]
+    for i in range(4):
+        np.testing.assert_allclose(_project(K, vm_f[i], posed[i]), _project(K, vm, world[i]), atol=1e-7)
+        np.testing.assert_allclose(vm_f[i, :3, :3] @ vm_f[i, :3, :3].T, np.eye(3), atol=1e-12)  # rigid
+
+
+def test_tracking_refuses_another_rotation_convention(tmp_path):
+    from ffavatar.data.nersemble_tracking import FlameTracking
+
+    d = _tracking_npz(tmp_path / "t.npz", T=3, n_shape=6, n_expr=4)
+    d["rotation_matrices"] = np.stack([_rz(c) @ _ry(b) @ _rx(a) for a, b, c in d["rotation"]])  # extrinsic xyz
+    np.savez(tmp_path / "zyx.npz", **d)
+    with pytest.raises(InvalidInput, match="unknown rotation convention"):
+        FlameTracking.load(tmp_path / "zyx.npz")
+
+
+def test_nersemble_mono_benchmark_with_tracking(tmp_path, tiny_flame, monkeypatch):
+    _benchmark_tree(tmp_path, n=5)
+    seq = tmp_path / "mono_flame_avatar" / "461" / "sequences" / "EXP-1-head"
+    d = _tracking_npz(seq / "tracking" / "flame2023_tracking_v2.npz", T=4, n_shape=6, n_expr=4,
+                      frames=[0, 1, 2, 4])  # frame 3 untracked
+    flame_file = tmp_path / "flame.npz"
+    np.savez(flame_file, **tiny_flame)
+    monkeypatch.delenv("FFAVATAR_FLAME", raising=False)
+    with pytest.raises(InvalidInput, match="needs the FLAME 2023 model"):
+        NeRSembleSource(tmp_path / "mono_flame_avatar", tracking=True)
+    src = open_source(f"nersemble:{tmp_path / 'mono_flame_avatar'}?tracking=true&flame={flame_file}"
+                      "&sequences=EXP-1-head")
+    rec = src.identity("461")
+    assert len(rec.frames) == 4  # the untracked frame is left out
+    np.testing.assert_allclose(rec.shape, d["shape"][0])
+    f3 = rec.frames[3]  # video frame 4 = tracking row 3
+    assert f3.views[0].image.endswith("cam_222200037.mp4#4")
+    np.testing.assert_allclose(f3.expression, d["expression"][3])
+    np.testing.assert_allclose(np.asarray(f3.pose)[2], d["jaw"][3])
+    # the camera in FLAME's frame projects our posed FLAME where the benchmark's world FLAME projects
+    from ffavatar.flame import FlameModel
+
+    flame = FlameModel(tiny_flame, dtype=torch.float64)
+    shape, expr = torch.tensor(d["shape"]), torch.tensor(d["expression"][3:4])
+    pose0 = torch.tensor(np.asarray(f3.pose))[None].clone()
+    pose0[:, 0] = 0
+    world = 1.3 * flame(shape=shape, expression=expr, pose=pose0).vertices[0].numpy() @ d["rotation_matrices"][3].T \
+        + d["translation"][3]
+    j0 = flame(shape=shape, expression=expr).joints[0, 0].numpy()
+    tau = d["translation"][3] / 1.3 - (j0 - d["rotation_matrices"][3] @ j0)
+    ours = flame(shape=shape, expression=expr, pose=torch.tensor(f3.pose)[None]).vertices[0].numpy()
+    np.testing.assert_allclose(1.3 * (ours + tau), world, atol=1e-8)  # 10 nm: rodrigues epsilon
+    cam = f3.views[0].camera
+    for k in (0, 100, 200):
+        np.testing.assert_allclose(_project(cam.K, cam.viewmat, ours[k:k + 1]),
+                                   _project(cam.K, _w2c(7), world[k:k + 1]), atol=1e-4)  # pixels
+    from ffavatar.data.sampler import SamplerConfig, sample_few_to_many
+
+    out = sample_few_to_many(rec, lambda v: src.load_view("461", v), np.random.default_rng(0),
+                             SamplerConfig(max_sources=1, targets=2, size=32))
+    assert out["target_pose"].shape == (2, 5, 3) and out["target_expression"].shape == (2, 4)
