@@ -18,7 +18,8 @@ def _add_flame(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flame", metavar="PATH", help="FLAME model file (.pkl/.npz: FLAME 2020, 2023, 2023 Open); "
                    "default: $FFAVATAR_FLAME, else the built-in procedural demo head")
     p.add_argument("--flame-landmarks", metavar="PATH",
-                   help="landmark embedding for a user FLAME (flame_static_embedding.pkl or landmark_embedding.npy)")
+                   help="landmark embedding for a user FLAME: flame_static_embedding.pkl, DECA's landmark_embedding.npy, "
+                        "VHAP's landmark_embedding_with_eyes.npy or mediapipe_landmark_embedding.npz")
 
 
 def cmd_head(args: argparse.Namespace) -> int:
@@ -215,6 +216,24 @@ def cmd_data_from_video(args: argparse.Namespace) -> int:
     return 0 if report.identities or report.existing else 2
 
 
+def cmd_data_extract(args: argparse.Namespace) -> int:
+    """Extract the frames of NeRSemble v2 / benchmark videos (<p>/sequences/<S>/images/cam_<serial>.mp4 and
+    alpha_maps/) into images_<scale>/cam_<serial>_<t:05d>.jpg beside them, or under --output with the
+    calibration and tracking files copied. Resumable; nothing is deleted (docs/datasets.md)."""
+    from tqdm import tqdm
+
+    from .data.nersemble import extract_frames
+
+    split = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None  # noqa: E731
+    with tqdm(desc="frames", unit="frame") as bar:
+        report = extract_frames(args.root, args.output, scale=args.scale, every=args.every,
+                                participants=split(args.participants), sequences=split(args.sequences),
+                                cameras=split(args.cameras), fmt="png" if args.png else "jpg", progress=bar.update)
+    print(f"wrote {sum(report.written.values())} frames of {len(report.written)} sequences to {report.root}; "
+          f"{sum(report.existing.values())} were already there")
+    return 0
+
+
 def cmd_data_pack(args: argparse.Namespace) -> int:
     """Pack any dataset (folder, nersemble:PATH, ava256:PATH) into WebDataset tar shards for streaming."""
     from tqdm import tqdm
@@ -354,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(p)
     p.set_defaults(func=cmd_export_ply)
 
-    p = sub.add_parser("data", help="dataset tools: from-video, pack, info")
+    p = sub.add_parser("data", help="dataset tools: from-video, extract, pack, info")
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     d = dsub.add_parser("from-video", help="videos -> monocular folder dataset", description=cmd_data_from_video.__doc__)
     d.add_argument("videos", nargs="+", help="video files or image folders, one identity each")
@@ -366,6 +385,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--detect-every", type=int, default=1, help="run the face detector every K frames")
     d.add_argument("--jpg", action="store_true", help="store JPEG instead of PNG")
     d.set_defaults(func=cmd_data_from_video)
+    d = dsub.add_parser("extract", help="NeRSemble videos -> frames", description=cmd_data_extract.__doc__)
+    d.add_argument("root", help="NeRSemble v2 or benchmark folder (with <participant>/sequences/...)")
+    d.add_argument("-o", "--output", default=None, help="write here instead of beside the videos")
+    d.add_argument("--scale", type=int, default=2, help="shrink frames by this factor (default 2: images_2/)")
+    d.add_argument("--every", type=int, default=1, help="keep every Nth frame")
+    d.add_argument("--participants", help="comma-separated participant ids (default: all)")
+    d.add_argument("--sequences", help="comma-separated sequence names (default: all)")
+    d.add_argument("--cameras", help="comma-separated camera serials (default: all)")
+    d.add_argument("--png", action="store_true", help="store PNG instead of JPEG")
+    d.set_defaults(func=cmd_data_extract)
     d = dsub.add_parser("pack", help="dataset -> WebDataset tar shards", description=cmd_data_pack.__doc__)
     d.add_argument("spec", help="dataset spec: folder, nersemble:PATH, ava256:PATH")
     d.add_argument("-o", "--output", required=True, help="output folder for shard-*.tar + index.json")

@@ -730,3 +730,22 @@ def test_nersemble_mono_benchmark_with_tracking(tmp_path, tiny_flame, monkeypatc
     out = sample_few_to_many(rec, lambda v: src.load_view("461", v), np.random.default_rng(0),
                              SamplerConfig(max_sources=1, targets=2, size=32))
     assert out["target_pose"].shape == (2, 5, 3) and out["target_expression"].shape == (2, 4)
+
+
+def test_cli_data_extract_in_place_then_info(tmp_path, capsys):
+    from ffavatar.cli import main
+
+    _v2_tree(tmp_path, size=(110, 160), frames=3)
+    doc = json.loads((tmp_path / "240" / "calibration" / "camera_params.json").read_text())
+    doc["intrinsics"] = (K_V2 / np.array([[20], [20], [1]])).tolist()  # this test's 110x160 "full resolution"
+    (tmp_path / "240" / "calibration" / "camera_params.json").write_text(json.dumps(doc))
+    assert main(["data", "extract", str(tmp_path), "--scale", "1", "--every", "2", "--cameras", "222200037"]) == 0
+    assert "wrote 2 frames of 1 sequences" in capsys.readouterr().out
+    images = tmp_path / "240" / "sequences" / "EXP-4-lips" / "images"
+    assert sorted(p.name for p in images.iterdir()) == ["cam_222200037.mp4", "cam_222200037_00000.jpg",
+                                                         "cam_222200037_00002.jpg", "cam_222200038.mp4"]
+    src = NeRSembleSource(tmp_path, scale=1, calib_size=(110, 160))
+    assert [f.views[0].image.rsplit("/", 1)[1] for f in src.identity("240").frames] == [
+        "cam_222200037_00000.jpg", "cam_222200037_00002.jpg"]  # extracted frames win over the videos
+    assert main(["data", "info", f"nersemble:{tmp_path}?scale=1&calib_size=110x160"]) == 0
+    assert "1 identities, 2 images" in capsys.readouterr().out
