@@ -749,3 +749,28 @@ def test_cli_data_extract_in_place_then_info(tmp_path, capsys):
         "cam_222200037_00000.jpg", "cam_222200037_00002.jpg"]  # extracted frames win over the videos
     assert main(["data", "info", f"nersemble:{tmp_path}?scale=1&calib_size=110x160"]) == 0
     assert "1 identities, 2 images" in capsys.readouterr().out
+
+
+def test_from_video_groups_a_multiview_video_set_into_one_identity(tmp_path, capsys):
+    from ffavatar.cli import main
+    from ffavatar.data.video import group_clips
+
+    seq = tmp_path / "240" / "sequences" / "EXP-4-lips" / "images"
+    cams = [write_video(seq / f"cam_{s}.mp4", [_frame(t, c, 40, 48) for t in range(3)])
+            for c, s in enumerate(reversed(SERIALS))]  # given in reverse serial order
+    talk = write_video(tmp_path / "talk.mp4", _clip_frames(3))
+    assert group_clips([*cams, talk]) == [("240_EXP-4-lips", sorted(cams)), ("talk", [talk])]
+    out = tmp_path / "out"
+    assert main(["data", "from-video", *map(str, cams), str(talk), "-o", str(out), "--crop", "center",
+                 "--size", "32"]) == 0
+    assert "wrote 2 identities" in capsys.readouterr().out
+    ds = FolderDataset(out)
+    assert ds.kind == "multiview" and ds.identities == ["240_EXP-4-lips", "talk"]
+    rec = ds.identity("240_EXP-4-lips")
+    assert [f.index for f in rec.frames] == [0, 1, 2] and all(len(f.views) == 2 for f in rec.frames)
+    v0, v1 = rec.frames[2].views
+    assert (v0.view, v0.image, v1.view, v1.image) == (0, "images/000002_00.png", 1, "images/000002_01.png")
+    for v, cam in ((v0, 1), (v1, 0)):  # view 0 = the lower serial = the clip written with colour index 1
+        rgb, _ = ds.load_view("240_EXP-4-lips", v)
+        np.testing.assert_allclose(rgb[20:30, 10:25].reshape(-1, 3).mean(0) * 255, _colour(2, cam), atol=6)
+    assert len(ds.identity("talk").frames[0].views) == 1

@@ -1,7 +1,10 @@
 """Monocular videos (or image folders) → the generic folder format, one identity per clip.
 
 Each clip becomes a ``monocular`` identity (id = the file stem, or the folder name, sanitised to the
-:func:`~ffavatar.data.folder.check_id` alphabet). Frames are face-cropped to ``size`` squares:
+:func:`~ffavatar.data.folder.check_id` alphabet), except a multi-view video set: ``cam_<serial>.mp4``
+clips of one folder (NeRSemble's ``<p>/sequences/<S>/images/``) are ONE identity ``<p>_<S>`` with a
+view per camera (:func:`group_clips`; the dataset is then ``multiview``; crops are per camera and
+carry no calibration — read NeRSemble in place to keep it). Frames are face-cropped to ``size`` squares:
 
 * ``crop="detect"``: pass 1 decodes the clip and runs OpenCV's face detector on every kept frame
   (or every ``detect_every``-th, interpolating between); the boxes (centre x, centre y, side) are
@@ -61,12 +64,12 @@ def sanitize_id(name: str, fallback: str = "clip") -> str:
     return check_id(s or fallback)
 
 
-def _unique_ids(paths: Sequence[Path]) -> list[str]:
+def _unique_ids(names: Sequence[str]) -> list[str]:
     """Sanitised ids, made unique in input order by ``-2``, ``-3``, ... suffixes."""
     used: set[str] = set()
     out = []
-    for p in paths:
-        base = sanitize_id(p.name if p.is_dir() else p.stem)
+    for name in names:
+        base = sanitize_id(name)
         ident, n = base, 1
         while ident in used:
             n += 1
@@ -74,6 +77,29 @@ def _unique_ids(paths: Sequence[Path]) -> list[str]:
         used.add(ident)
         out.append(ident)
     return out
+
+
+_CAMERA_CLIP = re.compile(r"^cam_([A-Za-z0-9]+)$")
+
+
+def group_clips(paths: Sequence[Path]) -> list[tuple[str, list[Path]]]:
+    """Clips → identities: ``cam_<serial>.mp4`` videos in one folder are ONE multi-view identity (one
+    view per camera, in serial order), named ``<participant>_<sequence>`` for NeRSemble's
+    ``<p>/sequences/<S>/images/`` and after the folder otherwise; every other clip is its own
+    identity, named after its stem. Returns (name, clips) in input order of first appearance."""
+    groups: dict[object, tuple[str, list[Path]]] = {}
+    for p in paths:
+        if p.is_file() and _CAMERA_CLIP.match(p.stem):
+            folder = p.parent.resolve()
+            if folder.name == "images" and folder.parent.parent.name == "sequences":
+                name = f"{folder.parent.parent.parent.name}_{folder.parent.name}"
+            else:
+                name = folder.parent.name if folder.name == "images" else folder.name
+            groups.setdefault(("cams", folder), (name, []))[1].append(p)
+        else:
+            groups[("clip", len(groups))] = (p.name if p.is_dir() else p.stem, [p])
+    return [(name, sorted(clips, key=lambda c: c.stem) if len(clips) > 1 else clips)
+            for name, clips in groups.values()]
 
 
 def smooth_boxes(times: np.ndarray, boxes: np.ndarray, sigma: float = 2.0, median: int = 5,
@@ -180,15 +206,17 @@ def _detect_boxes(source: Path, every: int, max_frames: int | None, detector: Fa
 
 def _convert_one(source: Path, ident: str, root: Path, *, size: int, every: int, max_frames: int | None,
                  crop: str, fmt: str, smooth: float, detector: FaceDetector | None,
-                 detect_every: int = 1) -> tuple[int, int]:
-    """Write one identity's frames and identity.json; returns (frames written, frames without a face)."""
+                 detect_every: int = 1, view: int = 0, frames: list[FrameRecord] | None = None) -> tuple[int, int]:
+    """Write one clip's frames as ``view`` of an identity, and its identity.json unless ``frames`` (a
+    list to append the frame records to) is given; returns (frames written, frames without a face)."""
     folder = root / ident
-    frames: list[FrameRecord] = []
+    own = frames is None
+    frames = [] if frames is None else frames
 
     def write(i: int, img: np.ndarray) -> None:
-        name = f"images/{i:06d}_00.{fmt}"
+        name = f"images/{i:06d}_{view:02d}.{fmt}"
         save_image(folder / name, img)
-        frames.append(FrameRecord(index=i, views=[ViewRecord(view=0, image=name)]))
+        frames.append(FrameRecord(index=i, views=[ViewRecord(view=view, image=name)]))
 
     skipped = 0
     if crop == "detect":
@@ -210,9 +238,25 @@ def _convert_one(source: Path, ident: str, root: Path, *, size: int, every: int,
                 break
             h, w = frame.shape[:2]
             write(i, crop_box(frame, w / 2, h / 2, min(w, h), size))
-    if frames:
+    if frames and own:
         write_identity(root, IdentityRecord(id=ident, frames=frames), [])
     return len(frames), skipped
+
+
+def _convert_group(clips: list[Path], ident: str, root: Path, **kw) -> tuple[int, int]:
+    """One identity from several camera clips of the same capture: view v = clips[v]; frames are the
+    source frame indices where any camera has a face. Returns (frames, frame-views without a face)."""
+    by_index: dict[int, list[ViewRecord]] = {}
+    skipped = 0
+    for v, clip in enumerate(clips):
+        frames: list[FrameRecord] = []
+        skipped += _convert_one(clip, ident, root, view=v, frames=frames, **kw)[1]
+        for f in frames:
+            by_index.setdefault(f.index, []).extend(f.views)
+    records = [FrameRecord(index=i, views=by_index[i]) for i in sorted(by_index)]
+    if records:
+        write_identity(root, IdentityRecord(id=ident, frames=records), [])
+    return len(records), skipped
 
 
 def convert_videos(videos: Sequence[str | Path], out_dir: str | Path, size: int = 256, every: int = 1,
@@ -254,18 +298,22 @@ def convert_videos(videos: Sequence[str | Path], out_dir: str | Path, size: int 
             raise InvalidInput(f"{p} is a single image; give a video or a folder of images per identity")
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
+    groups = group_clips(paths)
+    kind = "multiview" if any(len(clips) > 1 for _, clips in groups) else "monocular"
     index = root / "dataset.json"
     known: list[str] = []
     if index.is_file():
         from .folder import FolderDataset
 
         ds = FolderDataset(root)
-        if ds.kind != "monocular":
-            raise InvalidInput(f"{root} holds a {ds.kind} dataset; convert videos into another folder")
+        if ds.kind != kind:
+            raise InvalidInput(f"{root} holds a {ds.kind} dataset and these clips make a {kind} one; convert them "
+                               "into another folder")
         known = list(ds.identities)
     detector = FaceDetector() if crop == "detect" else None
     report = VideoConversion(root=root)
-    for path, ident in zip(paths, _unique_ids(paths)):
+    for (_, clips), ident in zip(groups, _unique_ids([name for name, _ in groups])):
+        path = clips[0] if len(clips) == 1 else clips[0].parent
         folder = root / ident
         if (folder / "identity.json").is_file() and not overwrite:
             report.existing.append(ident)
@@ -273,9 +321,10 @@ def convert_videos(videos: Sequence[str | Path], out_dir: str | Path, size: int 
             if folder.exists():
                 shutil.rmtree(folder)
             try:
-                n, skipped = _convert_one(path, ident, root, size=int(size), every=int(every),
-                                          max_frames=max_frames, crop=crop, fmt=fmt, smooth=smooth,
-                                          detector=detector, detect_every=int(detect_every))
+                kw = dict(size=int(size), every=int(every), max_frames=max_frames, crop=crop, fmt=fmt,
+                          smooth=smooth, detector=detector, detect_every=int(detect_every))
+                n, skipped = (_convert_one(path, ident, root, **kw) if len(clips) == 1
+                              else _convert_group(clips, ident, root, **kw))
             except FFAvatarError as e:
                 log.warning("skipping %s: %s", path, e)
                 report.failed[ident] = str(e)
@@ -295,7 +344,7 @@ def convert_videos(videos: Sequence[str | Path], out_dir: str | Path, size: int 
     gone = set(report.dropped) | set(report.failed)
     listed = [i for i in known if i not in gone]
     listed += [i for i in report.identities + report.existing if i not in set(listed)]
-    write_dataset_index(root, "monocular", listed, extra={"generator": "ffavatar.video", "crop": crop,
+    write_dataset_index(root, kind, listed, extra={"generator": "ffavatar.video", "crop": crop,
                                                            "size": int(size), "every": int(every)})
     log.info("%s: %d identities written, %d frames without a face skipped", root, len(report.identities),
              report.total_skipped)
