@@ -774,3 +774,15 @@ def test_from_video_groups_a_multiview_video_set_into_one_identity(tmp_path, cap
         rgb, _ = ds.load_view("240_EXP-4-lips", v)
         np.testing.assert_allclose(rgb[20:30, 10:25].reshape(-1, 3).mean(0) * 255, _colour(2, cam), atol=6)
     assert len(ds.identity("talk").frames[0].views) == 1
+
+
+def test_root_joints_match_the_flame_model(tiny_flame):
+    from ffavatar.data.nersemble import root_joints
+    from ffavatar.flame import FlameModel
+
+    flame = FlameModel(tiny_flame, dtype=torch.float64)
+    rng = np.random.default_rng(2)
+    shape, expr = rng.normal(size=5), rng.normal(size=(3, 4))  # fewer shape components than the model
+    ref = flame(shape=torch.tensor(np.tile(shape, (3, 1))), expression=torch.tensor(expr),
+                pose=torch.tensor(rng.normal(size=(3, 5, 3)) * 0.3)).joints[:, 0].numpy()
+    np.testing.assert_allclose(root_joints(flame, shape, expr), ref, atol=1e-12)

@@ -289,6 +289,19 @@ def sequences_of(pdir: Path) -> list[_Sequence]:
             if d.is_dir() and d.name not in NOT_SEQUENCES]
 
 
+def root_joints(flame: Any, shape: np.ndarray, expression: np.ndarray) -> np.ndarray:
+    """(T, 3) FLAME root joint ``J0 = J_regressor[0] @ (v_template + shapedirs @ [shape, expression])`` of a
+    :class:`~ffavatar.flame.FlameModel` for one shape (S,) and T expressions (T, E), without skinning
+    (the root joint does not move under the pose)."""
+    jr0 = flame.J_regressor[0].detach().double().cpu().numpy()
+    base = jr0 @ flame.v_template.detach().double().cpu().numpy()
+    dirs = np.einsum("v,vck->ck", jr0, flame.shapedirs.detach().double().cpu().numpy())  # (3, n_shape + n_expr)
+    coeffs = np.zeros((len(expression), flame.n_shape + flame.n_expr))
+    coeffs[:, :len(shape)] = shape
+    coeffs[:, flame.n_shape:flame.n_shape + expression.shape[1]] = expression
+    return base + coeffs @ dirs.T
+
+
 class NeRSembleSource:
     """Identity source over a NeRSemble tree (releases and layouts in the module docstring).
 
@@ -479,8 +492,6 @@ class NeRSembleSource:
 
     def _tracked(self, seq: _Sequence, steps: list[_Step]) -> tuple[list[_Step], FlameTracking, np.ndarray, dict]:
         """Steps that have a tracking row, the tracking, its tau (T, 3) and {t: row}."""
-        import torch
-
         path = find_tracking(seq.path)
         if path is None:
             raise NotFound(f"NeRSemble {seq.participant}/{seq.name}: tracking=true but there is no "
@@ -497,10 +508,7 @@ class NeRSembleSource:
         if len(kept) < len(steps):
             log.warning("NeRSemble %s/%s: %d of %d frames have no FLAME tracking; left out", seq.participant,
                         seq.name, len(steps) - len(kept), len(steps))
-        with torch.no_grad():
-            j0 = flame(shape=torch.as_tensor(np.tile(tr.shape, (len(tr), 1)), dtype=torch.float64),
-                       expression=torch.as_tensor(tr.expression, dtype=torch.float64)).joints[:, 0].numpy()
-        return kept, tr, tr.flame_translation(j0), rows
+        return kept, tr, tr.flame_translation(root_joints(flame, tr.shape, tr.expression)), rows
 
     # ------------------------------------------------------------------ identity source
     def identity(self, identity: str) -> IdentityRecord:
@@ -514,6 +522,7 @@ class NeRSembleSource:
         for seq in self._groups[identity]:
             steps = self._scan(seq)
             if not steps:
+                log.warning("NeRSemble %s/%s: no frames and no camera videos; skipped", seq.participant, seq.name)
                 continue
             calib = self.calibration(seq)
             order = {s: i for i, s in enumerate(sorted(calib.world_2_cam))}

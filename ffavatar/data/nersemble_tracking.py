@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from ..errors import InvalidInput
+from ..errors import FlameFileError, InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +67,13 @@ class FlameTracking:
                 its ``rotation_matrices`` disagree with ``rotation`` read as XYZ Euler angles.
         """
         p = Path(path)
+        from ..flame.io import check_npz_sizes
+
         try:
+            check_npz_sizes(p.read_bytes(), str(p))
             with np.load(p, allow_pickle=False) as z:
                 d = {k: np.asarray(z[k]) for k in z.files}
-        except (OSError, ValueError, EOFError) as e:
+        except (OSError, ValueError, EOFError, FlameFileError) as e:
             raise InvalidInput(f"{p}: not a readable FLAME tracking .npz ({e})") from None
         missing = [k for k in ("shape", "expression", "rotation", "translation", "scale", "jaw", "frames")
                    if k not in d]

@@ -384,7 +384,7 @@ def _load_npy(data: bytes, where: str = "the .npy file") -> Any:
     return obj.item() if isinstance(obj, np.ndarray) and obj.shape == () else obj
 
 
-def _check_npz_sizes(data: bytes, name: str) -> None:
+def check_npz_sizes(data: bytes, name: str) -> None:
     """Refuse an .npz whose members unpack to more than ``MAX_FILE_BYTES`` (a zip bomb), by the
     sizes its zip directory declares (zipfile itself stops at the declared size)."""
     try:
@@ -407,7 +407,7 @@ def read_file(path: str | Path) -> dict[str, Any]:
     data = p.read_bytes()
     suffix = p.suffix.lower()
     if suffix == ".npz":
-        _check_npz_sizes(data, p.name)
+        check_npz_sizes(data, p.name)
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as z:
                 return {k: z[k] for k in z.files}
