@@ -1,5 +1,11 @@
 """Keyframing tracks onto rigs (bpy layer): the FLAME rig, any rig through a retarget map, and the
-automatic NNLS fit onto a mesh's shape keys."""
+automatic NNLS fit onto a mesh's shape keys.
+
+Nothing the user made is lost: keys go into each target's own action (a new ``<name>_ffavatar`` one
+only where it has none) and replace existing keys only inside the baked frame range (``anim.py``);
+the scene's frame range is only ever extended to show the baked frames. The :class:`BakeReport`
+says what was written where.
+"""
 
 from __future__ import annotations
 
@@ -19,16 +25,35 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class BakeReport:
-    """What a bake wrote: key counts and the map entries that found no target."""
+    """What a bake wrote: key counts, where they went (one :class:`anim.Written` per datablock),
+    the map entries that found no target and any change to the scene's frame range."""
 
     shape_keys: int = 0
     bones: int = 0
     keys: int = 0
     skipped: list[str] = field(default_factory=list)
+    written: list[anim.Written] = field(default_factory=list)
+    frame_end_was: int | None = None      # the scene's end before it was extended to show the keys
+    frame_end: int | None = None
+
+    def add(self, written: anim.Written) -> None:
+        self.written.append(written)
+        self.keys += written.keys
 
     def summary(self) -> str:
+        """Counts, then where the keys went: ``12 keys on ...; 120 keys on 10 channels of ARKitRig,
+        frames 1-12, in action 'ARKitRigAction' (3 earlier keys in that range replaced, 4 outside it kept)``."""
         s = f"{self.keys} keys on {self.shape_keys} shape keys and {self.bones} bones"
-        return s + (f"; {len(self.skipped)} map entries skipped" if self.skipped else "")
+        if self.skipped:
+            s += f"; {len(self.skipped)} map entries skipped"
+        return "; ".join([s, *self.details()])
+
+    def details(self) -> list[str]:
+        """One line per datablock written (action, frames, keys replaced and kept), and the frame range."""
+        lines = [w.summary() for w in self.written if w.keys]
+        if self.frame_end is not None:
+            lines.append(f"scene end frame extended from {self.frame_end_was} to {self.frame_end}")
+        return lines
 
 
 def split_targets(objects) -> tuple[list[bpy.types.Object], bpy.types.Object | None]:
@@ -66,15 +91,15 @@ def bake_mapping(mapping: dict, track: Track, objects, frame_start: int = 1) -> 
         for m in meshes:
             key = m.data.shape_keys
             curves = shape_key_curves(values, names, frames, available={kb.name for kb in key.key_blocks})
-            report.keys += anim.write_curves(key, curves, action_name=f"{m.name}_ffavatar")
+            report.add(anim.write_curves(key, curves, action_name=f"{m.name}_ffavatar"))
         report.shape_keys = len(names)
     if arm is not None and res.bones:
         curves = []
         for bone, local in res.bones.items():
             curves += bone_rotation_curves(bone, local, arm.pose.bones[bone].rotation_mode, frames)
-        report.keys += anim.write_curves(arm, curves, action_name=f"{arm.name}_ffavatar")
+        report.add(anim.write_curves(arm, curves, action_name=f"{arm.name}_ffavatar"))
         report.bones = len(res.bones)
-    _extend_scene(frames)
+    _extend_scene(frames, report)
     log.info("baked %s: %s", mapping.get("name", "map"), report.summary())
     return report
 
@@ -125,13 +150,16 @@ def bake_autofit(flame_mesh, flame_arm, target, pairs: list[tuple[int, int]], tr
     weights = autofit.fit_weights(deltas, disp, scale=s, ridge=ridge)
     names = [kb.name for kb in target.data.shape_keys.key_blocks[1:]]
     frames = frames_for(track, frame_start)
-    keys = anim.write_curves(target.data.shape_keys, shape_key_curves(weights, names, frames),
-                             action_name=f"{target.name}_ffavatar_fit")
-    _extend_scene(frames)
-    return BakeReport(shape_keys=len(names), keys=keys)
+    report = BakeReport(shape_keys=len(names))
+    report.add(anim.write_curves(target.data.shape_keys, shape_key_curves(weights, names, frames),
+                                 action_name=f"{target.name}_ffavatar_fit"))
+    _extend_scene(frames, report)
+    return report
 
 
-def _extend_scene(frames: np.ndarray) -> None:
+def _extend_scene(frames: np.ndarray, report: BakeReport) -> None:
+    """Extend (never shrink) the scene's end frame to the last keyed frame."""
     scene = bpy.context.scene
-    if len(frames):
-        scene.frame_end = max(scene.frame_end, int(np.ceil(frames.max())))
+    if len(frames) and scene.frame_end < int(np.ceil(frames.max())):
+        report.frame_end_was = scene.frame_end
+        scene.frame_end = report.frame_end = int(np.ceil(frames.max()))

@@ -95,7 +95,7 @@ def run(argv: list[str]) -> int:
                 raise RuntimeError(f"--target objects not in the scene: {missing}")
             rep = ctl.bake_retarget(scene, ba.map_key(args.retarget), [bpy.data.objects[n] for n in args.target])
             summary["retarget"] = {"keys": rep.keys, "shape_keys": rep.shape_keys, "bones": rep.bones,
-                                   "skipped": rep.skipped}
+                                   "skipped": rep.skipped, "written": rep.details()}
         blend = (args.save or out / f"{args.run_name}.blend").resolve()
         bpy.ops.wm.save_as_mainfile(filepath=str(blend))
         summary.update(ok=True, blend=str(blend), elapsed_s=round(time.monotonic() - started, 3))

@@ -3,8 +3,8 @@
     python blender_addon/tools/build_extension.py wheels --build build/extension
     python blender_addon/tools/build_extension.py zip --build build/extension --dist dist
 
-``wheels`` downloads (``pip download --only-binary=:all: --python-version 3.11``) exactly the wheel
-files the manifest lists. ``zip`` stages the add-on (``blender_addon/`` minus tools and caches), the
+``wheels`` downloads (``pip download --only-binary=:all:``, with the Python version and ABI read from
+each wheel's name: cp311, cp313, cp312-abi3...) exactly the wheel files the manifest lists. ``zip`` stages the add-on (``blender_addon/`` minus tools and caches), the
 pure backend client (``ffavatar_backend/protocol.py`` + ``client.py`` copied into ``backend/``: one
 source of truth) and the wheels, then writes ``ffavatar-<version>-<platform>.zip`` files laid out as
 ``blender --command extension build --split-platforms`` does (files at the zip root, only that
@@ -78,6 +78,17 @@ def _requirement(filename: str) -> str:
     return f"{name.replace('_', '-')}=={version}"
 
 
+def wheel_python(filename: str) -> tuple[str, str]:
+    """``(python version, abi tag)`` of a CPython wheel file name: ``("3.13", "cp313")`` or, for a
+    stable-ABI wheel, ``("3.12", "abi3")`` (pip's ``--python-version`` / ``--abi`` values)."""
+    parts = Path(filename).name[:-len(".whl")].split("-")
+    python, abi = parts[-3], parts[-2]
+    m = re.fullmatch(r"cp3(\d+)", python)
+    if m is None:
+        raise BuildError(f"{filename}: only CPython wheels (cp3XX) can be bundled, found python tag {python!r}")
+    return f"3.{m.group(1)}", abi
+
+
 def download_wheels(build: Path, pip: list[str]) -> list[Path]:
     """Fetch every wheel the manifest lists into ``build/wheels``; returns their paths."""
     manifest = read_manifest()
@@ -85,22 +96,23 @@ def download_wheels(build: Path, pip: list[str]) -> list[Path]:
     dest = build / "wheels"
     dest.mkdir(parents=True, exist_ok=True)
     for platform in manifest["platforms"]:
-        files = [w for w in wanted if platform in wheel_platforms(w)]
-        missing = [w for w in files if not (dest / w).exists()]
-        if not missing:
-            continue
-        cmd = [*pip, "download", "-q", "--only-binary=:all:", "--no-deps", "--python-version", "3.11",
-               "--implementation", "cp", "--abi", "cp311", "-d", str(dest)]
-        for tag in PIP_PLATFORMS[platform]:
-            cmd += ["--platform", tag]
-        cmd += sorted({_requirement(w) for w in missing})
-        log.info("%s: %s", platform, " ".join(cmd))
-        subprocess.run(cmd, check=True)
-        still = [w for w in missing if not (dest / w).exists()]
-        if still:
-            got = sorted(p.name for p in dest.glob("*.whl"))
-            raise BuildError(f"pip did not fetch {still} for {platform} (got {got}); update the wheel names in "
-                             f"{MANIFEST.name} to what pip downloads")
+        groups: dict[tuple[str, str], list[str]] = {}
+        for w in wanted:
+            if platform in wheel_platforms(w) and not (dest / w).exists():
+                groups.setdefault(wheel_python(w), []).append(w)
+        for (python, abi), missing in sorted(groups.items()):
+            cmd = [*pip, "download", "-q", "--only-binary=:all:", "--no-deps", "--python-version", python,
+                   "--implementation", "cp", "--abi", abi, "-d", str(dest)]
+            for tag in PIP_PLATFORMS[platform]:
+                cmd += ["--platform", tag]
+            cmd += sorted({_requirement(w) for w in missing})
+            log.info("%s, Python %s (%s): %s", platform, python, abi, " ".join(cmd))
+            subprocess.run(cmd, check=True)
+            still = [w for w in missing if not (dest / w).exists()]
+            if still:
+                got = sorted(p.name for p in dest.glob("*.whl"))
+                raise BuildError(f"pip did not fetch {still} for {platform}, Python {python} (got {got}); update the "
+                                 f"wheel names in {MANIFEST.name} to what pip downloads")
     return [dest / w for w in wanted]
 
 

@@ -235,3 +235,61 @@ def test_batch_retargets_the_received_track_onto_the_character(backend, pkg, sce
     values = _check_retarget(s, ext("rotations"), 5)
     skipped = set(ARKIT_MAP_TARGETS) - set(values)
     assert all(any(f"'{name}'" in line for line in summary["retarget"]["skipped"]) for name in skipped)
+
+
+def test_bake_keeps_the_artists_animation_outside_the_baked_range(scene_file, ext, clean, tmp_path):
+    """The user's case (data/user_keyed_scene.py): the character already has a 150-frame head nod, two
+    blinks, a tongueOut key and a neck key. Baking ``arkit52`` over frames 1-12 replaces keys only in
+    1-12, in the artist's own actions; everything else survives, and the report says where it wrote."""
+    import bpy
+    import rigs
+
+    keyed = tmp_path / "keyed.blend"
+    r = _run(Path(__file__).parent / "data" / "user_keyed_scene.py", [scene_file, keyed], timeout=120)
+    assert r.returncode == 0 and keyed.is_file(), r.stderr[-2000:]
+    with bpy.data.libraries.load(str(keyed)) as (src, dst):
+        dst.objects = ["ARKitFace", "ARKitRig"]
+    for o in dst.objects:
+        clean.collection.objects.link(o)
+    clean.frame_start, clean.frame_end = 1, 150
+    face, rig = dst.objects
+    anim = ext("anim")
+    head_path = next(fc.data_path for fc in anim.find_fcurves(rig) if fc.data_path.startswith('pose.bones["head"]'))
+    before = {(fc.data_path, fc.array_index): anim.read_curve(rig, fc.data_path, fc.array_index)
+              for fc in anim.find_fcurves(rig)}
+    before.update({(fc.data_path, fc.array_index): anim.read_curve(face.data.shape_keys, fc.data_path)
+                   for fc in anim.find_fcurves(face.data.shape_keys)})
+    actions = (rig.animation_data.action.name, face.data.shape_keys.animation_data.action.name)
+    assert before[(head_path, 0)][0].tolist() == [1, 50, 100, 150]
+
+    mesh, arm = ext("rig").build_flame_rig(ext("rigdata").rig_from_dict(rigs.rig_dict()), collection=clean.collection)
+    t = 12
+    expr, pose = rigs.track_arrays(t, len(rigs.EXPRESSION_NAMES), seed=3)
+    track = ext("track").Track(expression=expr, pose=pose, cam_rot=np.zeros((t, 3)), cam_t=np.zeros((t, 3)),
+                               focal=np.ones(t), indices=np.arange(t), expression_names=list(rigs.EXPRESSION_NAMES))
+    ext("bake").key_flame_rig(mesh, arm, track, frame_start=1)
+    ext("rig").store_track(arm, track, 1)
+    rep = ext("controller").bake_retarget(clean, "builtin:arkit52", [face, rig])
+
+    # the artist's actions are still the ones assigned, and they hold the baked keys
+    assert (rig.animation_data.action.name, face.data.shape_keys.animation_data.action.name) == actions
+    for key, (frames, values) in before.items():
+        data = rig if key[0].startswith("pose.") else face.data.shape_keys
+        now_f, now_v = anim.read_curve(data, *key)
+        outside = frames > 12
+        # every key outside 1..12 is there with its value
+        for f, v in zip(frames[outside], values[outside]):
+            hit = np.flatnonzero(np.isclose(now_f, f))
+            assert len(hit) == 1 and now_v[hit[0]] == pytest.approx(v), (key, f)
+        if key[0].startswith('pose.bones["head"]') or key[0] == 'key_blocks["eyeBlinkLeft"].value':
+            # baked channels: frames 1..12 hold the track, then the artist's keys
+            assert now_f.tolist() == list(range(1, 13)) + frames[outside].tolist(), key
+        else:   # channels the map does not touch are unchanged
+            assert now_f.tolist() == frames.tolist() and np.allclose(now_v, values), key
+    assert anim.read_curve(face.data.shape_keys, 'key_blocks["tongueOut"].value')[0].tolist() == [140]
+    assert (clean.frame_start, clean.frame_end) == (1, 150)
+    # the report says what was written where, and what was kept
+    text = rep.summary()
+    assert f"action '{actions[0]}'" in text and f"action '{actions[1]}'" in text and "frames 1-12" in text
+    rig_written = next(w for w in rep.written if w.target == "ARKitRig")
+    assert rig_written.kept >= 3 and rig_written.replaced >= 1 and not rig_written.created
