@@ -16,6 +16,7 @@ import bpy
 import numpy as np
 
 from . import anim, autofit, retarget
+from . import scene as scenemod
 from .keyframes import bone_rotation_curves, shape_key_curves
 from .rig import bone_bases, rig_from_objects
 from .track import Track
@@ -70,8 +71,8 @@ def split_targets(objects) -> tuple[list[bpy.types.Object], bpy.types.Object | N
 
 
 def frames_for(track: Track, frame_start: int) -> np.ndarray:
-    """Scene frames of a track's rows: driver frame i lands on ``frame_start + i``."""
-    return frame_start + track.indices.astype(np.float64)
+    """Scene frames of a track's rows, in the clip's real timing (:func:`scene.track_frames`)."""
+    return scenemod.track_frames(bpy.context.scene, track, frame_start)
 
 
 def bake_mapping(mapping: dict, track: Track, objects, frame_start: int = 1) -> BakeReport:

@@ -352,8 +352,8 @@ class AnimateRun:
     """One animate job: frames to disk and into the scene, params into a track, keys on the rig."""
 
     def __init__(self, scene: bpy.types.Scene, *, name: str, frame_start: int, camera_mode: str, fmt: str,
-                 key_rig: bool, use_vse: bool, distance: float, frame_count: int | None, first: int = 0,
-                 count: int = 0, folder: str | Path | None = None):
+                 key_rig: bool, use_vse: bool, distance: float, fps: float = 25.0,
+                 folder: str | Path | None = None):
         self.scene_name = scene.name
         self.name = name
         self.frame_start = int(frame_start)
@@ -362,14 +362,12 @@ class AnimateRun:
         self.key_rig = key_rig
         self.use_vse = use_vse
         self.distance = distance
-        self.frame_count = frame_count
-        self.first = first        # movie frames before this index are dropped
-        self.count = count        # and after first+count (0: all)
+        self.fps = float(fps)     # the clip's rate: driver frame i plays at i / fps seconds
+        step = scenemod.scene_rate(scene) / self.fps
         self.writer = FrameWriter(Path(folder) if folder else frames_folder(name), prefix=name_prefix(name),
-                                  frame_start=self.frame_start)
+                                  frame_start=self.frame_start, step=step)
         self.writer.clear_old()
         self.buffer = TrackBuffer()
-        self.fps = 25.0
         self.expression_names: list[str] = []
         self.keyed_frames = 0
         self.plane: str | None = None
@@ -382,21 +380,11 @@ class AnimateRun:
     def scene(self) -> bpy.types.Scene:
         return bpy.data.scenes[self.scene_name]
 
-    def _wanted(self, index: int) -> int | None:
-        """Driver index -> run index (movies: apply the frame range here), None to drop."""
-        if self.frame_count is not None:
-            return index
-        if index < self.first or (self.count > 0 and index >= self.first + self.count):
-            return None
-        return index - self.first
-
     def on_event(self, job: Job, ev: dict) -> None:
         kind = ev.get("event")
         if kind == "frame":
-            i = self._wanted(int(ev["index"]))
-            if i is None:
-                return
-            self.writer.write({**ev, "index": i})
+            i = int(ev["index"])          # the backend sends only the asked range, counted from 0
+            self.writer.write(ev)
             if self.first_frame_s is None:
                 self.first_frame_s = time.monotonic() - self.started
             if isinstance(ev.get("params"), dict):
@@ -410,9 +398,7 @@ class AnimateRun:
                 n = int(ev.get("count", 0))
                 rows = [{k: v[r] for k, v in params.items()} for r in range(n)]
                 for r, p in enumerate(rows):
-                    i = self._wanted(int(ev.get("start", 0)) + r)
-                    if i is not None:
-                        self.buffer.add(i, p)
+                    self.buffer.add(int(ev.get("start", 0)) + r, p)
             self.key()
 
     def on_done(self, job: Job, ev: dict) -> None:
@@ -456,7 +442,8 @@ class AnimateRun:
         track = self.track()
         cam = scenemod.key_driver_camera(self.scene, track, self.frame_start)
         if self.plane is not None and self.plane in bpy.data.objects:
-            scenemod.key_plane_scale(bpy.data.objects[self.plane], track, self.frame_start, cam.data.sensor_width)
+            scenemod.key_plane_scale(bpy.data.objects[self.plane], track, self.frame_start, cam.data.sensor_width,
+                                     self.scene)
         return cam
 
     def camera_object(self):
@@ -477,10 +464,10 @@ class AnimateRun:
                                               lens=lens).name
             if self.camera_mode == "DRIVER" and len(self.buffer):
                 scenemod.key_plane_scale(bpy.data.objects[self.plane], self.track(), self.frame_start,
-                                         cam.data.sensor_width)
+                                         cam.data.sensor_width, sc)
         if final and self.use_vse:
             scenemod.frames_strip(sc, self.writer, name=self.name)
-        last = self.frame_start + max(self.writer.written)
+        last = self.writer.scene_range()[1]
         if sc.frame_end < last:
             sc.frame_end = last
 
@@ -494,31 +481,48 @@ def animate(scene: bpy.types.Scene, avatar: str, driver: str | Path, *, first: i
             quality: int | None = None, alpha: bool = False, key_rig: bool = True, use_vse: bool = False,
             distance: float = 10.0, name: str = "FFAvatar", frame_start: int | None = None,
             crop: bool = True, folder: str | Path | None = None) -> AnimateRun:
-    """Animate ``avatar`` with a driver clip. Frames land at ``frame_start`` (default the scene's
-    start) + driver index; with ``camera_mode`` ``"SCENE"`` the scene camera's parameters are sent per
-    frame, with ``"DRIVER"`` the driver's own camera is used (and keyed onto a camera object)."""
+    """Animate ``avatar`` with driver frames ``first .. first+count-1`` (count 0: to the end) of a
+    clip. They land from ``frame_start`` (default the scene's start) in the clip's real timing: driver
+    frame i at ``frame_start + i * scene fps / clip fps`` (clip fps: ``fps``, else the movie's own,
+    else, for image sequences, the scene's). With ``camera_mode`` ``"SCENE"`` the scene camera is
+    evaluated at each of those (sub)frames and sent; with ``"DRIVER"`` the driver's own camera is
+    used (and keyed onto a camera object). Only the asked range is decoded and rendered."""
     s = require_session()
     if not avatar:
         raise ValueError("pick an avatar (reconstruct one first)")
     clip: DriverClip = resolve(bpy.path.abspath(str(driver)))
+    frame_start = scene.frame_start if frame_start is None else int(frame_start)
+    rate = scenemod.scene_rate(scene)
+    fields: dict[str, Any] = {}
     if clip.kind == "images":
         clip = clip.select(first, count)
-    frame_start = scene.frame_start if frame_start is None else int(frame_start)
+        n, clip_fps = len(clip.paths), float(fps or rate)
+    else:
+        movie_fps, movie_frames = scenemod.movie_info(clip.paths[0])
+        clip_fps = float(fps or movie_fps or 25.0)
+        if count > 0:
+            n = count if not movie_frames else max(0, min(count, movie_frames - first))
+        else:
+            n = movie_frames - first if movie_frames else int(round((scene.frame_end - frame_start + 1) * clip_fps / rate))
+        if movie_frames and first >= movie_frames:
+            raise ValueError(f"{clip.paths[0].name} has {movie_frames} frames; frame offset {first} is outside it")
+        fields.update(first=int(first), count=int(count), video_name=clip.paths[0].name)
     fmt = fmt or pref("frame_format", "PNG").lower()
     quality = quality or int(pref("jpeg_quality", 90))
     run = AnimateRun(scene, name=name, frame_start=frame_start, camera_mode=camera_mode, fmt=fmt, key_rig=key_rig,
-                     use_vse=use_vse, distance=distance, frame_count=clip.frame_count, first=first, count=count,
-                     folder=folder)
-    fields: dict[str, Any] = dict(avatar=avatar, size=int(size), format=fmt, quality=int(quality), alpha=bool(alpha),
-                                  crop=crop, fps=fps)
+                     use_vse=use_vse, distance=distance, fps=clip_fps, folder=folder)
+    fields.update(avatar=avatar, size=int(size), format=fmt, quality=int(quality), alpha=bool(alpha), crop=crop,
+                  fps=clip_fps)
     if camera_mode == "SCENE":
-        n = clip.frame_count or (count if count > 0 else scene.frame_end - frame_start + 1)
-        fields["cameras"] = scenemod.camera_params(scene, scene.camera, [frame_start + i for i in range(max(n, 1))])
+        step = rate / clip_fps
+        fields["cameras"] = scenemod.camera_params(scene, scene.camera, [frame_start + i * step for i in range(max(n, 1))])
+        for text in scenemod.camera_warnings(scene, scene.camera):
+            report("WARNING", text)
     run.head_model_id = s.link.info.get("head_model_id") or None
     if key_rig and scene_rig(scene, run.head_model_id)[1] is None:
         fetch_rig(scene_name=scene.name)
     if clip.kind == "video":
-        job = s.start("animate", label=f"animate {Path(clip.paths[0]).name}", on_event=run.on_event,
+        job = s.start("animate", label=f"animate {clip.paths[0].name}", on_event=run.on_event,
                       on_done=run.on_done, video=clip.video_bytes(), **fields)
     else:
         job = s.start("animate", label=f"animate {len(clip.paths)} frames", on_event=run.on_event,

@@ -1,6 +1,7 @@
 """Driver clips (no bpy): a movie file, or an image sequence (a folder, or one numbered file of it).
 
-Image sequences are streamed to the backend in chunks read lazily (``animate`` with ``stream``);
+Image sequences play in natural order (``frame_2`` before ``frame_10``), by the same rule as the
+CLI (``ffavatar/sequence.py``, bundled into the extension). Image sequences are streamed to the backend in chunks read lazily (``animate`` with ``stream``);
 movies are sent whole (``video``) and decoded by the backend.
 """
 
@@ -10,6 +11,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from .backend.sequence import natural_key
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 MOVIE_EXTS = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".gif"}
@@ -50,17 +53,12 @@ class DriverClip:
         return self.paths[0].read_bytes()
 
 
-def _number_key(p: Path) -> tuple:
-    parts = re.split(r"(\d+)", p.name)
-    return tuple(int(s) if s.isdigit() else s for s in parts)
-
-
 def resolve(path: str | Path) -> DriverClip:
     """What a driver path means: a folder of images, a numbered image (its whole sequence), a single
     image (a one-frame clip) or a movie."""
     p = Path(path).expanduser()
     if p.is_dir():
-        files = sorted((f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS and f.is_file()), key=_number_key)
+        files = sorted((f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS and f.is_file()), key=lambda f: natural_key(f.name))
         if not files:
             raise DriverError(f"{p} holds no images ({', '.join(sorted(IMAGE_EXTS))}); pick a movie or an image folder")
         return DriverClip("images", files)
@@ -76,10 +74,5 @@ def resolve(path: str | Path) -> DriverClip:
         return DriverClip("images", [p])
     prefix = m.group(1)
     pattern = re.compile(re.escape(prefix) + r"(\d+)" + re.escape(p.suffix) + "$")
-    numbered = []
-    for f in p.parent.iterdir():
-        hit = pattern.match(f.name)
-        if hit and f.is_file():
-            numbered.append((int(hit.group(1)), f))
-    numbered.sort()
-    return DriverClip("images", [f for _, f in numbered])
+    numbered = [f for f in p.parent.iterdir() if pattern.match(f.name) and f.is_file()]
+    return DriverClip("images", sorted(numbered, key=lambda f: natural_key(f.name)))

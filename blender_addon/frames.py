@@ -1,14 +1,20 @@
 """Received frames on disk (no bpy): one numbered image file per scene frame.
 
-File ``<folder>/<prefix>_<scene frame:06d>.<png|jpg>`` holds driver frame ``index`` at scene frame
-``frame_start + index``, so an image sequence that starts at ``frame_start`` with offset
-``frame_start - 1`` shows file N at scene frame N.
+File ``<folder>/<prefix>_<scene frame:06d>.<png|jpg>`` holds the driver frame shown at that scene
+frame, so an image sequence that starts at ``frame_start`` with offset ``frame_start - 1`` shows
+file N at scene frame N. The clip keeps its real timing: driver frame ``index`` (at
+``index / clip fps`` seconds) starts at scene frame ``frame_start + index * step`` with ``step =
+scene fps / clip fps``, and is held until the next one starts (a 12 fps clip in a 24 fps scene fills
+two scene frames per driver frame; of several driver frames within one scene frame the last shows).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
+
+import numpy as np
 
 EXTENSIONS = {"png": "png", "jpeg": "jpg"}
 
@@ -16,26 +22,45 @@ EXTENSIONS = {"png": "png", "jpeg": "jpg"}
 class FrameWriter:
     """Writes frame events' encoded images; remembers what it wrote."""
 
-    def __init__(self, folder: str | Path, *, prefix: str = "frame", frame_start: int = 1):
+    def __init__(self, folder: str | Path, *, prefix: str = "frame", frame_start: int = 1, step: float = 1.0):
+        if not step > 0:
+            raise ValueError(f"step (scene fps / clip fps) must be positive, got {step}")
         self.folder = Path(folder)
         self.prefix = prefix
         self.frame_start = int(frame_start)
-        self.written: dict[int, Path] = {}
+        self.step = float(step)
+        self.written: dict[int, Path] = {}     # driver index -> its file
+        self.files: dict[int, Path] = {}       # scene frame -> file (what the timeline shows)
         self.size: tuple[int, int] | None = None
         self.folder.mkdir(parents=True, exist_ok=True)
 
-    def path_for(self, index: int, fmt: str) -> Path:
+    def scene_frame(self, index: float) -> int:
+        """The scene frame where driver frame ``index`` starts (nearest whole frame)."""
+        return int(np.floor(self.frame_start + float(index) * self.step + 0.5 + 1e-9))
+
+    def path_for(self, index: int, fmt: str, scene_frame: int | None = None) -> Path:
         if fmt not in EXTENSIONS:
             raise ValueError(f"frames in format {fmt!r} cannot be written; ask the backend for png or jpeg")
-        return self.folder / f"{self.prefix}_{self.frame_start + int(index):06d}.{EXTENSIONS[fmt]}"
+        f = self.scene_frame(index) if scene_frame is None else scene_frame
+        return self.folder / f"{self.prefix}_{f:06d}.{EXTENSIONS[fmt]}"
 
     def write(self, event: dict) -> Path:
-        """Write a ``frame`` event's image atomically; returns its path."""
-        path = self.path_for(event["index"], event.get("format", "png"))
+        """Write a ``frame`` event's image atomically at its scene frame (and the scene frames it is
+        held over); returns its path."""
+        index, fmt = int(event["index"]), event.get("format", "png")
+        first, end = self.scene_frame(index), max(self.scene_frame(index + 1), self.scene_frame(index) + 1)
+        path = self.path_for(index, fmt, first)
         tmp = path.with_name(f".{path.name}.part")
         tmp.write_bytes(event["image"])
         os.replace(tmp, path)
-        self.written[int(event["index"])] = path
+        self.files[first] = path
+        for f in range(first + 1, end):            # held over the scene frames until the next one
+            copy = self.path_for(index, fmt, f)
+            tmp = copy.with_name(f".{copy.name}.part")
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, copy)
+            self.files[f] = copy
+        self.written[index] = path
         if event.get("width") and event.get("height"):
             self.size = (int(event["width"]), int(event["height"]))
         return path
@@ -45,7 +70,11 @@ class FrameWriter:
         return len(self.written)
 
     def first(self) -> Path | None:
-        return self.written[min(self.written)] if self.written else None
+        return self.files[min(self.files)] if self.files else None
+
+    def scene_range(self) -> tuple[int, int] | None:
+        """``(first, last)`` scene frames that have a file."""
+        return (min(self.files), max(self.files)) if self.files else None
 
     def missing(self, count: int) -> list[int]:
         """Driver indices in ``0..count-1`` with no file."""

@@ -37,32 +37,94 @@ def _animated(obj) -> bool:
     return False
 
 
-def camera_params(scene: bpy.types.Scene, cam_obj: bpy.types.Object, frames: list[int]) -> dict | list[dict]:
-    """The backend camera dict of ``cam_obj`` (one dict when it does not move, else one per frame in
-    ``frames``, evaluated with ``scene.frame_set``)."""
-    if cam_obj is None or cam_obj.type != "CAMERA":
-        raise SceneError("the scene has no active camera; add one or render from the driver's camera")
-    if cam_obj.data.type != "PERSP":
-        raise SceneError(f"camera {cam_obj.name} is {cam_obj.data.type}; the avatar renders from perspective cameras")
-    r = scene.render
+def movie_info(path: str | Path) -> tuple[float, int]:
+    """``(fps, frames)`` of a movie file as Blender reads it (``(0.0, 0)`` when it cannot); the
+    temporary movie-clip datablock is removed again."""
+    try:
+        clip = bpy.data.movieclips.load(str(path), check_existing=False)
+    except RuntimeError:
+        return 0.0, 0
+    try:
+        return float(clip.fps or 0.0), int(clip.frame_duration)
+    finally:
+        bpy.data.movieclips.remove(clip)
 
-    def one() -> dict:
-        c = cam_obj.data
-        return camera_dict(np.array(cam_obj.matrix_world), c.lens, r.resolution_x, r.resolution_y,
+
+def scene_rate(scene: bpy.types.Scene) -> float:
+    """The scene's frame rate (``fps / fps_base``: 29.97 for 30000/1001)."""
+    return float(scene.render.fps) / float(scene.render.fps_base)
+
+
+def track_frames(scene: bpy.types.Scene, track: Track, frame_start: float) -> np.ndarray:
+    """Scene frames ``(T,)`` of a track's rows with the clip's real timing: driver frame i, at
+    ``i / track.fps`` seconds, lands at ``frame_start + i * scene fps / track.fps`` (fractional
+    frames where the rates differ; keys there play at the right time)."""
+    return frame_start + track.indices.astype(np.float64) * (scene_rate(scene) / float(track.fps))
+
+
+def _binds_cameras(scene: bpy.types.Scene) -> bool:
+    return any(m.camera is not None for m in scene.timeline_markers)
+
+
+def camera_warnings(scene: bpy.types.Scene, cam_obj: bpy.types.Object) -> list[str]:
+    """What of the camera and render settings the avatar frames do not reproduce (to tell the user)."""
+    c, r, out = cam_obj.data, scene.render, []
+    if c.dof.use_dof:
+        out.append(f"camera {cam_obj.name} has depth of field; the avatar frames are rendered sharp")
+    if r.use_motion_blur:
+        out.append("the scene renders motion blur; the avatar frames have none")
+    if r.use_border:
+        out.append("the render region (border) is not applied to the avatar frames; they cover the whole view")
+    local = np.linalg.inv(np.array(cam_obj.matrix_world)) @ np.array([0.0, 0.0, 0.0, 1.0])
+    depth = -local[2]
+    if not c.clip_start <= depth <= c.clip_end:
+        out.append(f"the head (at the world origin, {depth:.2f} m from camera {cam_obj.name}) is outside its clip "
+                   f"range {c.clip_start:g}-{c.clip_end:g} m; Blender would clip it, the avatar frames are not clipped")
+    return out
+
+
+def camera_params(scene: bpy.types.Scene, cam_obj: bpy.types.Object | None, frames: list[float]) -> dict | list[dict]:
+    """The backend camera dict for each scene frame in ``frames`` (fractional frames are evaluated
+    at that subframe), or one dict when nothing about the camera changes over time.
+
+    Everything of the camera that changes the image is sent: its world matrix (animation, parents,
+    constraints, drivers), lens, sensor size and fit, shift, the render resolution and percentage,
+    and which camera is active (timeline markers bound to cameras switch it; ``cam_obj`` None means
+    the scene's camera at each frame). What cannot be reproduced is refused (:class:`SceneError`):
+    non-perspective cameras and non-square pixels. :func:`camera_warnings` lists what is ignored."""
+    r = scene.render
+    if r.pixel_aspect_x != r.pixel_aspect_y:
+        raise SceneError(f"the render's pixel aspect is {r.pixel_aspect_x:g}:{r.pixel_aspect_y:g}; the avatar renders "
+                         "square pixels: set Output > Format > Aspect to 1:1 or render from the driver's camera")
+    follow = cam_obj is None or _binds_cameras(scene)
+
+    def check(obj) -> None:
+        if obj is None or obj.type != "CAMERA":
+            raise SceneError("the scene has no active camera; add one or render from the driver's camera")
+        if obj.data.type != "PERSP":
+            raise SceneError(f"camera {obj.name} is {obj.data.type}; the avatar renders from perspective cameras")
+
+    def one(obj) -> dict:
+        check(obj)
+        c = obj.data
+        return camera_dict(np.array(obj.matrix_world), c.lens, r.resolution_x, r.resolution_y,
                            sensor_width=c.sensor_width, sensor_height=c.sensor_height, sensor_fit=c.sensor_fit,
                            shift_x=c.shift_x, shift_y=c.shift_y, resolution_percentage=r.resolution_percentage)
 
-    if not _animated(cam_obj) or not frames:
-        return one()
-    current = scene.frame_current
+    if not frames:
+        return one(scene.camera if follow else cam_obj)
+    if not follow and not _animated(cam_obj):
+        return one(cam_obj)
+    current, sub = scene.frame_current, scene.frame_subframe
     out = []
     try:
         for f in frames:
-            scene.frame_set(int(f))
-            out.append(one())
+            whole = int(np.floor(f))
+            scene.frame_set(whole, subframe=float(f) - whole)
+            out.append(one(scene.camera if follow else cam_obj))
     finally:
-        scene.frame_set(current)
-    return out
+        scene.frame_set(current, subframe=sub)
+    return out[0] if all(d == out[0] for d in out) else out
 
 
 def key_driver_camera(scene: bpy.types.Scene, track: Track, frame_start: int, *, name: str = DRIVER_CAMERA,
@@ -77,7 +139,7 @@ def key_driver_camera(scene: bpy.types.Scene, track: Track, frame_start: int, *,
     cam.sensor_fit, cam.sensor_width = "HORIZONTAL", 36.0
     m = driver_camera_matrices(track.cam_rot, track.cam_t)
     quat = quaternion_continuity(matrix_to_quaternion(m[:, :3, :3]))
-    frames = frame_start + track.indices.astype(np.float64)
+    frames = track_frames(scene, track, frame_start)
     curves = [Curve("location", i, frames, m[:, i, 3], "Object Transforms") for i in range(3)]
     curves += [Curve("rotation_quaternion", i, frames, quat[:, i], "Object Transforms") for i in range(4)]
     anim.write_curves(obj, curves, action_name=f"{name}Action")
@@ -85,9 +147,10 @@ def key_driver_camera(scene: bpy.types.Scene, track: Track, frame_start: int, *,
     return obj
 
 
-def key_plane_scale(plane: bpy.types.Object, track: Track, frame_start: int, sensor_width: float = 36.0) -> None:
+def key_plane_scale(plane: bpy.types.Object, track: Track, frame_start: int, sensor_width: float = 36.0,
+                    scene: bpy.types.Scene | None = None) -> None:
     """Key a driver-camera plane's x/y scale so it fills the view at each frame's lens."""
-    frames = frame_start + track.indices.astype(np.float64)
+    frames = track_frames(scene or bpy.context.scene, track, frame_start)
     s = REFERENCE_LENS / driver_lens(track.focal, sensor_width)
     anim.write_curves(plane, [Curve("scale", i, frames, s, "Object Transforms") for i in range(2)],
                       action_name=f"{plane.name}Action")
@@ -155,8 +218,8 @@ def show_frames(scene: bpy.types.Scene, writer: FrameWriter, camera: bpy.types.O
     corners = frame_corners(lens or c.lens, w, h, distance, sensor_width=c.sensor_width, sensor_height=c.sensor_height,
                             sensor_fit=c.sensor_fit, shift_x=c.shift_x, shift_y=c.shift_y)
     img = frames_image(writer, f"{name} Frames")
-    start = writer.frame_start + min(writer.written)
-    count = max(writer.written) - min(writer.written) + 1
+    start, last = writer.scene_range()
+    count = last - start + 1
     plane_name = f"{name} Frames"
     obj = bpy.data.objects.get(plane_name)
     if obj is None or obj.type != "MESH":
@@ -195,10 +258,9 @@ def frames_strip(scene: bpy.types.Scene, writer: FrameWriter, *, name: str = "FF
     old = strips.get(name)
     if old is not None:
         strips.remove(old)
-    order = sorted(writer.written)
-    files = [writer.written[i] for i in order]
-    strip = strips.new_image(name=name, filepath=str(files[0]), channel=channel,
-                             frame_start=writer.frame_start + order[0])
+    order = sorted(writer.files)
+    files = [writer.files[f] for f in order]
+    strip = strips.new_image(name=name, filepath=str(files[0]), channel=channel, frame_start=order[0])
     for f in files[1:]:
         strip.elements.append(f.name)
     return strip

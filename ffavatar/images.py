@@ -17,12 +17,19 @@ import cv2
 import numpy as np
 
 from .errors import ImageDecodeError, InvalidInput, LimitExceeded, NoFaceFound
+from .sequence import natural_key
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
 MAX_PIXELS = 64_000_000
+BACKGROUND = (255, 255, 255)
+"""The model's background (``api.Reconstructor.background``, white): transparent pixels of RGBA
+portraits and frames are composited over it before detection and crop."""
+FIT_PIXELS = 16_000_000
+"""Photos with more pixels are downscaled while loading (:func:`load_image`): a 48 MP phone photo
+becomes ~12 MP, plenty for a face crop of a few hundred pixels."""
 
 
 def image_dimensions(data: bytes) -> tuple[int, int] | None:
@@ -41,33 +48,95 @@ def image_dimensions(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Decode PNG/JPEG/... bytes to RGB uint8 (H,W,3), honouring EXIF orientation; alpha is dropped."""
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS, *, reduce: int = 1) -> np.ndarray:
+    """Decode PNG/JPEG/... bytes to RGB uint8 (H,W,3), honouring EXIF orientation. Transparent
+    pixels (RGBA, grey+alpha, palette transparency) are composited over :data:`BACKGROUND`.
+    ``reduce`` 2, 4 or 8 decodes at 1/reduce of the size (JPEG does that while decoding)."""
     if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
         raise ImageDecodeError("empty or non-binary image data")
     dims = image_dimensions(bytes(data[:65536]))
     if dims is not None and dims[0] * dims[1] > max_pixels:  # refuse decompression bombs before decoding
         raise LimitExceeded(f"image is {dims[0]}x{dims[1]}; the limit is {max_pixels} pixels")
     buf = np.frombuffer(data, dtype=np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)  # applies EXIF orientation
+    flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+             8: cv2.IMREAD_REDUCED_COLOR_8}[reduce]
+    img = cv2.imdecode(buf, flags)  # applies EXIF orientation
     if img is None:
         raise ImageDecodeError("could not decode the image (not a PNG/JPEG/BMP/WebP/TIFF, or corrupt)")
     if img.shape[0] * img.shape[1] > max_pixels:
         raise LimitExceeded(f"image is {img.shape[1]}x{img.shape[0]}; the limit is {max_pixels} pixels")
+    if bytes(data[:2]) != b"\xff\xd8":          # JPEG has no alpha; other formats may
+        img = _composite_alpha(buf, img, reduce)
     return np.ascontiguousarray(img[..., ::-1])
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """Read an image file as RGB uint8 (H,W,3)."""
+_ORIENTATIONS = (lambda a: a, lambda a: a[:, ::-1], lambda a: a[::-1], lambda a: a[::-1, ::-1],
+                 lambda a: a.swapaxes(0, 1), lambda a: a.swapaxes(0, 1)[::-1], lambda a: a.swapaxes(0, 1)[:, ::-1],
+                 lambda a: a.swapaxes(0, 1)[::-1, ::-1])
+"""The 8 EXIF orientations as array transforms (identity first)."""
+
+
+def _composite_alpha(buf: np.ndarray, bgr: np.ndarray, reduce: int) -> np.ndarray:
+    """``bgr`` (OpenCV's colour decode) composited over :data:`BACKGROUND` where the file has alpha.
+
+    The alpha plane comes from an unchanged decode, which skips EXIF orientation: it is oriented
+    like ``bgr`` by the transform that maps the unchanged colours onto ``bgr``."""
+    raw = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if raw is None or raw.ndim != 3 or raw.shape[2] != 4:
+        return bgr
+    if raw.dtype != np.uint8:
+        raw = (raw.astype(np.float32) * (255.0 / np.iinfo(raw.dtype).max) + 0.5).astype(np.uint8)
+    if reduce > 1:
+        raw = cv2.resize(raw, None, fx=1 / reduce, fy=1 / reduce, interpolation=cv2.INTER_AREA)
+    best = None
+    for t in _ORIENTATIONS:
+        cand = t(raw)
+        if cand.shape[:2] != bgr.shape[:2]:
+            continue
+        err = float(np.abs(cand[..., :3].astype(np.int16) - bgr.astype(np.int16)).mean())
+        if best is None or err < best[0]:
+            best = (err, cand)
+        if err < 1.0:
+            break
+    if best is None:
+        return bgr
+    alpha = best[1][..., 3:4].astype(np.float32) / 255.0
+    if alpha.min() >= 1.0:
+        return bgr
+    bg = np.array(BACKGROUND[::-1], dtype=np.float32)       # BGR
+    out = bgr.astype(np.float32) * alpha + bg * (1.0 - alpha)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def load_image(path: str | Path, fit_pixels: int | None = FIT_PIXELS) -> np.ndarray:
+    """Read an image file as RGB uint8 (H,W,3), of any size: a photo over ``fit_pixels`` (None: no
+    limit but :data:`MAX_PIXELS`) is downscaled while loading, a JPEG by decoding it at 1/2, 1/4 or
+    1/8 of its size (never at full size), so a 48 or 200 MP phone photo loads in bounded memory."""
     p = Path(path)
     try:
         data = p.read_bytes()
     except OSError as e:
         raise ImageDecodeError(f"cannot read image {p}: {e.strerror or e}") from e
     try:
-        return decode_image(data)
-    except ImageDecodeError as e:
-        raise ImageDecodeError(f"{p.name}: {e}") from e
+        dims = image_dimensions(data[:65536])
+        reduce = 1
+        if fit_pixels and dims is not None and dims[0] * dims[1] > fit_pixels and data[:2] == b"\xff\xd8":
+            # the least reduction that decodes within MAX_PIXELS; fit_image does the rest
+            reduce = next((r for r in (2, 4) if dims[0] * dims[1] / r ** 2 <= MAX_PIXELS), 8)
+        img = decode_image(data, max_pixels=MAX_PIXELS, reduce=reduce)
+        return fit_image(img, fit_pixels) if fit_pixels else img
+    except (ImageDecodeError, LimitExceeded) as e:
+        raise type(e)(f"{p.name}: {e}") from e
+
+
+def fit_image(img: np.ndarray, max_pixels: int) -> np.ndarray:
+    """``img`` downscaled (area filter, aspect kept) to at most ``max_pixels`` pixels; as is when smaller."""
+    h, w = img.shape[:2]
+    if h * w <= max_pixels:
+        return img
+    s = (max_pixels / (h * w)) ** 0.5
+    size = (max(1, int(w * s)), max(1, int(h * s)))
+    return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
 
 
 def encode_image(img: np.ndarray, fmt: str = "png", quality: int = 90) -> bytes:
@@ -178,25 +247,77 @@ def crop_portrait(img: np.ndarray, size: int, *, detect: bool = True, margin: fl
 
 # ---------------------------------------------------------------------------------------- clips
 def list_images(folder: str | Path) -> list[Path]:
-    """Image files of a folder in natural (name) order."""
-    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    """Image files of a folder in natural order (``frame_2`` before ``frame_10``: :mod:`ffavatar.sequence`,
+    the same rule as the Blender add-on)."""
+    files = sorted((p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
+                   key=lambda p: natural_key(p.name))
     if not files:
         raise InvalidInput(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
     return files
 
 
+def _open_video(path: str | Path) -> cv2.VideoCapture:
+    """A capture that returns frames upright: phone clips store frames sideways with a rotation in
+    their metadata, and whether OpenCV applies it by default has changed between 4.x releases, so it
+    is asked for explicitly (``CAP_PROP_ORIENTATION_AUTO``, honoured by the FFmpeg backend)."""
+    cap = cv2.VideoCapture(str(path))
+    if cap.isOpened() and hasattr(cv2, "CAP_PROP_ORIENTATION_AUTO"):
+        cap.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)
+    return cap
+
+
 def video_fps(path: str | Path) -> float:
     """Frame rate of a video file (25 when the container does not say)."""
-    cap = cv2.VideoCapture(str(path))
+    cap = _open_video(path)
     fps = cap.get(cv2.CAP_PROP_FPS) if cap.isOpened() else 0.0
     cap.release()
     return float(fps) if fps and fps > 0 else 25.0
 
 
-def read_frames(source: str | Path | bytes | Sequence[str | Path], max_frames: int | None = None) -> Iterator[np.ndarray]:
-    """Frames (RGB uint8) of a driver clip: a video file, video bytes, an image folder or a list of images."""
+def mp4_incomplete(data: bytes) -> str | None:
+    """Why an MP4/MOV (ISO media) file looks cut short, or None: a top-level box runs past the end of
+    the file, or the index (``moov``) is missing, as when a recording or a copy was interrupted."""
+    if len(data) < 8 or data[4:8] not in (b"ftyp", b"mdat", b"moov", b"free", b"wide", b"skip"):
+        return None        # not ISO media: nothing to say
+    i, boxes = 0, set()
+    while i + 8 <= len(data):
+        size, kind = int.from_bytes(data[i:i + 4], "big"), data[i + 4:i + 8]
+        if size == 1 and i + 16 <= len(data):
+            size = int.from_bytes(data[i + 8:i + 16], "big")
+        elif size == 0:
+            size = len(data) - i
+        if size < 8:
+            return None
+        boxes.add(kind)
+        if i + size > len(data):
+            return f"its '{kind.decode('latin-1')}' box needs {i + size} bytes but the file ends at {len(data)}"
+        i += size
+    return None if b"moov" in boxes else "it has no index ('moov' box)"
+
+
+def _video_problem(path: Path, label: str) -> str:
+    """What to tell the user about a video that yields no frames."""
+    try:
+        size = path.stat().st_size
+        head = path.read_bytes() if size <= 64 << 20 else b""
+    except OSError:
+        size, head = -1, b""
+    if size == 0:
+        return f"the video {label} is empty (0 bytes)"
+    why = mp4_incomplete(head) if head else None
+    if why:
+        return f"the video {label} looks incomplete: {why} (was the recording or the copy interrupted?)"
+    return f"could not open the video {label} (unknown codec or corrupt)"
+
+
+def read_frames(source: str | Path | bytes | Sequence[str | Path], max_frames: int | None = None, *,
+                first: int = 0, name: str | None = None) -> Iterator[np.ndarray]:
+    """Frames (RGB uint8, upright) of a driver clip: a video file, video bytes, an image folder or a
+    list of images; from frame ``first`` on (a video's earlier frames are skipped without being
+    converted), at most ``max_frames``. ``name`` is what errors call a video (default: its file
+    name; give the user's file name when ``source`` is a temporary copy or bytes)."""
     if isinstance(source, (bytes, bytearray)):
-        yield from _video_bytes(bytes(source), max_frames)
+        yield from _video_bytes(bytes(source), max_frames, name, first)
         return
     if isinstance(source, (list, tuple)):
         paths: list[Path] = [Path(p) for p in source]
@@ -207,22 +328,28 @@ def read_frames(source: str | Path | bytes | Sequence[str | Path], max_frames: i
         elif p.suffix.lower() in IMAGE_SUFFIXES:
             paths = [p]
         elif p.is_file():
-            yield from _video_file(p, max_frames)
+            yield from _video_file(p, max_frames, name, first)
             return
         else:
             raise InvalidInput(f"driver clip not found: {p}")
-    for i, path in enumerate(paths):
+    for i, path in enumerate(paths[first:]):
         if max_frames is not None and i >= max_frames:
             return
         yield load_image(path)
 
 
-def _video_file(path: Path, max_frames: int | None) -> Iterator[np.ndarray]:
-    cap = cv2.VideoCapture(str(path))
+def _video_file(path: Path, max_frames: int | None, name: str | None = None, first: int = 0) -> Iterator[np.ndarray]:
+    label = name or path.name
+    cap = _open_video(path)
     if not cap.isOpened():
-        raise ImageDecodeError(f"could not open the video {path.name} (unknown codec or corrupt)")
-    n = 0
+        cap.release()
+        raise ImageDecodeError(_video_problem(path, label))
+    n = skipped = 0
     try:
+        while skipped < first and cap.grab():
+            skipped += 1
+        if skipped < first:
+            raise InvalidInput(f"the video {label} has {skipped} frames; frame offset {first} is outside it")
         while max_frames is None or n < max_frames:
             ok, frame = cap.read()
             if not ok:
@@ -231,18 +358,20 @@ def _video_file(path: Path, max_frames: int | None) -> Iterator[np.ndarray]:
             yield np.ascontiguousarray(frame[..., ::-1])
     finally:
         cap.release()
-    if n == 0:
-        raise ImageDecodeError(f"the video {path.name} has no decodable frames")
+    if n == 0 and first == 0:
+        why = _video_problem(path, label)
+        raise ImageDecodeError(why if "incomplete" in why or "empty" in why else
+                               f"the video {label} has no decodable frames")
 
 
-def _video_bytes(data: bytes, max_frames: int | None) -> Iterator[np.ndarray]:
-    fd, name = tempfile.mkstemp(suffix=".mp4", prefix="ffavatar-clip-")
+def _video_bytes(data: bytes, max_frames: int | None, name: str | None = None, first: int = 0) -> Iterator[np.ndarray]:
+    fd, tmp = tempfile.mkstemp(suffix=".mp4", prefix="ffavatar-clip-")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        yield from _video_file(Path(name), max_frames)
+        yield from _video_file(Path(tmp), max_frames, name or "sent as bytes", first)
     finally:
-        os.unlink(name)
+        os.unlink(tmp)
 
 
 def write_video(path: str | Path, frames: Sequence[np.ndarray], fps: float = 25.0) -> Path:

@@ -228,6 +228,9 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         "crop": Field("crop", default="detect"),
         "fps": Field("number", lo=0.1, hi=1000.0),
         "track_batch": Field("int", default=25, lo=1, hi=1000),
+        "first": Field("int", default=0, lo=0, hi=10_000_000),
+        "count": Field("int", default=0, lo=0, hi=10_000_000),
+        "video_name": Field("str", default="", max_len=MAX_NAME_LEN),
     },
     OP_ANIMATE_CHUNK: {
         "job": Field("str", required=True, max_len=MAX_ID_LEN),

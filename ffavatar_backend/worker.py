@@ -216,15 +216,24 @@ class Worker(threading.Thread):
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(f["video"])
                 fps_out[0] = f["fps"] or video_fps(name)
-                for i, frame in enumerate(read_frames(name, max_frames=max_frames + 1)):
+                # errors name the user's clip (video_name), never this temporary copy
+                label = repr(f["video_name"]) if f["video_name"] else "the driver video"
+                n = min(max_frames, f["count"]) if f["count"] else max_frames
+                for i, frame in enumerate(read_frames(name, max_frames=n + 1 if n == max_frames else n,
+                                                      first=f["first"], name=label)):
                     if i >= max_frames:
-                        raise LimitExceeded(f"the driver video has more than {max_frames} frames")
+                        raise LimitExceeded(f"the driver video {label} has more than {max_frames} frames")
                     yield frame
             finally:
                 os.unlink(name)
             return
         blobs = f["frames"] if f["frames"] is not None else job.feed.iterate(job.cancel_event)
+        end = f["first"] + f["count"] if f["count"] else None
         for i, data in enumerate(blobs):
+            if i < f["first"]:
+                continue
+            if end is not None and i >= end:
+                break
             try:
                 yield decode_image(data, max_pixels=self.limits.max_pixels)
             except FFAvatarError as e:

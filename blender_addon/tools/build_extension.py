@@ -5,8 +5,8 @@
 
 ``wheels`` downloads (``pip download --only-binary=:all:``, with the Python version and ABI read from
 each wheel's name: cp311, cp313, cp312-abi3...) exactly the wheel files the manifest lists. ``zip`` stages the add-on (``blender_addon/`` minus tools and caches), the
-pure backend client (``ffavatar_backend/protocol.py`` + ``client.py`` copied into ``backend/``: one
-source of truth) and the wheels, then writes ``ffavatar-<version>-<platform>.zip`` files laid out as
+pure backend client (``ffavatar_backend/protocol.py`` + ``client.py``, and ``ffavatar/sequence.py``,
+copied into ``backend/``: one source of truth) and the wheels, then writes ``ffavatar-<version>-<platform>.zip`` files laid out as
 ``blender --command extension build --split-platforms`` does (files at the zip root, only that
 platform's wheels, a ``[build.generated]`` table naming the platform and its wheels appended to
 the manifest). This tool runs with any Python >= 3.11 (tomllib) and needs no Blender.
@@ -31,7 +31,8 @@ log = logging.getLogger("build_extension")
 ROOT = Path(__file__).resolve().parents[2]
 ADDON = ROOT / "blender_addon"
 MANIFEST = ROOT / "blender_manifest.toml"
-BACKEND_FILES = ("protocol.py", "client.py")
+BACKEND_FILES = ("ffavatar_backend/protocol.py", "ffavatar_backend/client.py", "ffavatar/sequence.py")
+"""Pure modules (no torch, no cv2) bundled into the extension's ``backend/`` folder: one source of truth."""
 PIP_PLATFORMS = {
     "linux-x64": ["manylinux_2_28_x86_64"],
     "windows-x64": ["win_amd64"],
@@ -151,12 +152,13 @@ def stage(build: Path) -> Path:
     backend = root / "backend"
     backend.mkdir()
     (backend / "__init__.py").write_text(
-        '"""The backend\'s pure protocol and client, copied from ffavatar_backend/ when the extension is built."""\n')
-    for name in BACKEND_FILES:
-        src = ROOT / "ffavatar_backend" / name
+        '"""The backend\'s pure protocol and client and the shared frame order (ffavatar/sequence.py), '
+        'copied from the Python packages when the extension is built."""\n')
+    for rel in BACKEND_FILES:
+        src = ROOT / rel
         if not src.exists():
-            raise BuildError(f"{src} is missing: the extension bundles the backend client from ffavatar_backend/")
-        shutil.copy2(src, backend / name)
+            raise BuildError(f"{src} is missing: the extension bundles it from the Python packages")
+        shutil.copy2(src, backend / src.name)
     shutil.copy2(MANIFEST, root / MANIFEST.name)
     return root
 

@@ -249,7 +249,7 @@ def test_personalize_and_a_movie_driver(backend, avatar, ext, clean, tmp_path):
     job = ctl.personalize(avatar, [str(portrait)], steps=2)
     ctl.wait(job, 300)
     assert job.result["avatar"] == avatar and {"psnr_before", "psnr_after"} <= set(job.result)
-    # a movie is sent whole; the add-on keeps frames first..first+count-1 and numbers them from 0
+    # a movie is sent whole with first/count: the backend decodes and renders only that range
     movie = tmp_path / "drv.mp4"
     subprocess.run([backend_python(), "-c", (
         "import sys, cv2, numpy as np\n"
@@ -262,8 +262,9 @@ def test_personalize_and_a_movie_driver(backend, avatar, ext, clean, tmp_path):
     run = ctl.animate(clean, avatar, str(movie), first=2, count=3, crop=False, name="Movie", key_rig=False)
     seen = _tap(run.job)
     ctl.wait(run.job, 300)
-    assert run.job.result["frames"] == 7 and len([e for e in seen if e["event"] == "frame"]) == 7
+    assert run.job.result["frames"] == 3 and len([e for e in seen if e["event"] == "frame"]) == 3
     assert sorted(run.writer.written) == [0, 1, 2]
+    # a 25 fps movie in a 24 fps scene: driver frame i starts at 1 + 0.96 i (frames 1, 1.96, 2.92)
     assert sorted(p.name for p in run.writer.written.values()) == [f"movie_{f:06d}.png" for f in (1, 2, 3)]
 
 
@@ -332,3 +333,116 @@ def test_start_and_stop_from_the_operators(ext, pkg, tmp_path):
         ctl.stop_backend()
         prefs.backend_python, prefs.backend_args, prefs.backend_address = old
         ctl.runtime.backend, ctl.runtime.session = saved
+
+
+def _movie(path: Path, frames: int, fps: float, size: int = 80) -> Path:
+    """An mp4 of ``frames`` test faces written by OpenCV in the backend's venv."""
+    arr = path.with_suffix(".npy")
+    np.save(arr, np.stack([pngs.face_image(i % 3, size) for i in range(frames)]))
+    subprocess.run([backend_python(), "-c", (
+        "import sys, cv2, numpy as np\n"
+        "a = np.load(sys.argv[1])\n"
+        "w = cv2.VideoWriter(sys.argv[2], cv2.VideoWriter_fourcc(*'mp4v'), float(sys.argv[3]), a.shape[2:0:-1])\n"
+        "[w.write(np.ascontiguousarray(f[..., ::-1])) for f in a]\n"
+        "w.release()\n"), str(arr), str(path), str(fps)], check=True, timeout=120)
+    return path
+
+
+def _alpha_centroid_x(path: Path) -> float:
+    import bpy
+
+    img = bpy.data.images.load(str(path), check_existing=False)
+    try:
+        w, h = img.size
+        px = np.empty(w * h * 4, dtype=np.float32)
+        img.pixels.foreach_get(px)
+    finally:
+        bpy.data.images.remove(img)
+    a = px.reshape(h, w, 4)[..., 3]
+    return float((a.sum(0) * np.arange(w)).sum() / a.sum())
+
+
+def test_animated_camera_offset_movie_and_timing(backend, avatar, ext, clean, tmp_path):
+    """The user's case: a movie driver with a first-frame offset under an animated scene camera. Each
+    frame is rendered from the camera at its own scene frame (the avatar follows the rig's projection
+    as the camera pans), only the asked range is decoded, and a 12 fps clip in a 24 fps scene keeps
+    its timing: driver frame i at scene frame 10 + 2 i, held over the frame between."""
+    import bpy
+    from bpy_extras.object_utils import world_to_camera_view
+
+    ctl, scn = ext("controller"), ext("scene")
+    clean.frame_start, clean.frame_end = 10, 40
+    clean.render.fps, clean.render.fps_base = 24, 1.0
+    cam = _camera(clean, animated=False)
+    cam.location = (-0.12, -0.7, 0.02)
+    cam.keyframe_insert("location", frame=10)
+    cam.location = (0.12, -0.7, 0.02)
+    cam.keyframe_insert("location", frame=16)
+    for fc in ext("anim").find_fcurves(cam):
+        for k in fc.keyframe_points:
+            k.interpolation = "LINEAR"
+    movie = _movie(tmp_path / "clip.mp4", 8, 12.0)
+    assert scn.movie_info(movie) == (12.0, 8) and not bpy.data.movieclips
+    run = ctl.animate(clean, avatar, str(movie), first=2, count=4, camera_mode="SCENE", alpha=True, fmt="png",
+                      crop=False, name="Pan")
+    seen = _tap(run.job)
+    ctl.wait(run.job, 300)
+    frames = sorted((e for e in seen if e["event"] == "frame"), key=lambda e: e["index"])
+    # only frames 2..5 of the movie were decoded and rendered
+    assert run.job.state == "done" and run.job.result["frames"] == 4 and [e["index"] for e in frames] == [0, 1, 2, 3]
+    # timing: driver frame i starts at scene frame 10 + 2 i and is held over the next scene frame
+    assert sorted(run.writer.files) == list(range(10, 18))
+    for i in range(4):
+        assert run.writer.files[10 + 2 * i].read_bytes() == run.writer.files[11 + 2 * i].read_bytes() == frames[i]["image"]
+    mesh, arm = ctl.scene_rig(clean)
+    f, _ = ext("anim").read_curve(mesh.data.shape_keys, f'key_blocks["{mesh.data.shape_keys.key_blocks[1].name}"].value')
+    assert f.tolist() == [10, 12, 14, 16]
+    # the camera at each of those frames: the avatar moves with the rig's projection
+    n = len(mesh.data.vertices)
+    co = np.empty(3 * n, dtype=np.float32)
+    mesh.data.vertices.foreach_get("co", co)
+    m = np.array(mesh.matrix_world)
+    centre = co.reshape(n, 3).mean(0) @ m[:3, :3].T + m[:3, 3]
+    from mathutils import Vector
+
+    rig_x, avatar_x = [], []
+    for i, e in enumerate(frames):
+        clean.frame_set(10 + 2 * i)
+        rig_x.append(world_to_camera_view(clean, cam, Vector(centre)).x * e["width"])
+        avatar_x.append(_alpha_centroid_x(run.writer.written[i]))
+    rig_x, avatar_x = np.array(rig_x), np.array(avatar_x)
+    assert np.ptp(rig_x) > 15, rig_x                     # the pan moves the head across the frame
+    assert np.ptp(avatar_x - rig_x) < 4.0, (avatar_x, rig_x)   # vs the 33 px the rig moves
+    assert np.abs(avatar_x - rig_x).max() < 6.0, (avatar_x, rig_x)
+
+
+def test_camera_settings_that_cannot_be_reproduced(ext, clean):
+    scn = ext("scene")
+    cam = _camera(clean, animated=False)
+    clean.render.pixel_aspect_x = 2.0
+    with pytest.raises(scn.SceneError, match="pixel aspect"):
+        scn.camera_params(clean, cam, [1, 2])
+    clean.render.pixel_aspect_x = 1.0
+    cam.data.dof.use_dof = True
+    cam.data.clip_start = 2.0
+    warnings = scn.camera_warnings(clean, cam)
+    assert any("depth of field" in w for w in warnings) and any("clip range" in w for w in warnings)
+    cam.data.type = "ORTHO"
+    with pytest.raises(scn.SceneError, match="perspective"):
+        scn.camera_params(clean, cam, [1])
+
+
+def test_cameras_bound_to_markers_switch_per_frame(ext, clean):
+    import bpy
+
+    scn = ext("scene")
+    a = _camera(clean, animated=False)
+    b = bpy.data.objects.new("CamB", bpy.data.cameras.new("CamB"))
+    clean.collection.objects.link(b)
+    b.location, b.rotation_euler = (0.3, -0.7, 0.0), (np.pi / 2, 0, 0)
+    b.data.lens = 85.0
+    clean.timeline_markers.new("A", frame=1).camera = a
+    clean.timeline_markers.new("B", frame=3).camera = b
+    cams = scn.camera_params(clean, a, [1, 2, 3, 4])
+    assert [c["lens"] for c in cams] == [50.0, 50.0, 85.0, 85.0]
+    assert np.allclose(np.array(cams[3]["matrix_world"])[:3, 3], (0.3, -0.7, 0.0), atol=1e-6)
