@@ -66,6 +66,8 @@ def resolve(path: str | Path) -> DriverClip:
         raise DriverError(f"driver clip {p} does not exist")
     ext = p.suffix.lower()
     if ext in MOVIE_EXTS:
+        if p.stat().st_size == 0:
+            raise DriverError(f"the driver clip {p.name} is empty (0 bytes); was it copied completely?")
         return DriverClip("video", [p])
     if ext not in IMAGE_EXTS:
         raise DriverError(f"{p.name}: not a movie ({', '.join(sorted(MOVIE_EXTS))}) or an image sequence")

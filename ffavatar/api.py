@@ -26,7 +26,7 @@ from .errors import Cancelled, CheckpointError, InvalidInput, LimitExceeded
 from .eval.metrics import psnr
 from .flame import JOINT_NAMES, head_model_id, load_head_model
 from .gaussians import Gaussians
-from .images import crop_portrait, to_uint8
+from .images import BACKGROUND, crop_portrait, to_uint8
 from .model.config import ModelConfig
 from .model.flame_estimator import EstimatedFlame
 from .pipeline import AvatarPipeline
@@ -140,7 +140,7 @@ class Reconstructor:
         self.pipeline = pipeline.eval()
         self.meta = meta or {}
         self.image_size: int = int(self.meta.get("image_size", 128))
-        self.background = torch.ones(3, device=self.device)
+        self.background = torch.tensor(BACKGROUND, dtype=torch.float32, device=self.device) / 255.0
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, *, device: str | torch.device = "auto",

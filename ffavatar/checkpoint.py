@@ -27,14 +27,31 @@ def versions() -> dict[str, str]:
     return {"ffavatar": __version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where the OS says it (Linux), else set and restored."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
-    """Atomically write ``tensors`` (contiguous CPU copies) and ``meta`` (JSON) as safetensors."""
+    """Atomically write ``tensors`` (contiguous CPU copies) and ``meta`` (JSON) as safetensors.
+    The file's mode follows the umask like any other file the user writes (safetensors itself
+    creates 0600 files)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         save_file(flat, str(tmp), metadata={META_KEY: json.dumps({**meta, "versions": versions()})})
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -18,7 +18,7 @@ def natural_key(name: str) -> tuple:
     (ties broken by the exact text, so the order is total). ``sorted(names, key=natural_key)``
     puts ``frame_2`` before ``frame_10`` and ``a9.png`` before ``A10.png``."""
     parts = _DIGITS.split(name)   # text, digits, text, digits, ..., text
-    return tuple(int(p) if i % 2 else p.casefold() for i, p in enumerate(parts)) + (name,)
+    return tuple(int(p) if i % 2 else p.casefold() for i, p in enumerate(parts)), name
 
 
 def natural_sorted(names) -> list:

@@ -350,16 +350,21 @@ class Client:
                 stream: bool | None = None,
                 size: int = 512, format: str = "jpeg", cameras: dict | list | None = None, alpha: bool = False,
                 quality: int | None = None, fps: float | None = None, crop: bool | str = "detect",
-                track_batch: int | None = None, chunk_size: int = 8, window: int = 32) -> Iterator[dict]:
+                track_batch: int | None = None, chunk_size: int = 8, window: int = 32, first: int = 0,
+                count: int = 0, video_name: str | None = None) -> Iterator[dict]:
         """Animate an avatar; yields ``progress``, ``frame`` (in order) and ``track`` events, then the
         ``result``. The driver is ``video`` (bytes or path), or ``frames`` (encoded bytes or paths): a
         list/tuple is sent in one message, any other iterable (or ``stream=True``) is streamed in
-        chunks of ``chunk_size`` while at most ``window`` frames are unanswered. Leaving the loop
-        early cancels the job."""
+        chunks of ``chunk_size`` while at most ``window`` frames are unanswered. Only driver frames
+        ``first .. first+count-1`` (count 0: to the end) are decoded and rendered, indexed from 0.
+        ``video_name`` (default: a path's file name) is how the server's messages call the video.
+        Leaving the loop early cancels the job."""
         opts = dict(avatar=avatar, size=size, format=format, cameras=cameras, alpha=alpha, quality=quality, fps=fps,
-                    crop=crop, track_batch=track_batch)
+                    crop=crop, track_batch=track_batch, first=first or None, count=count or None)
         if video is not None:
-            yield from self._run_job(self.submit(P.OP_ANIMATE, video=_blob(video), **opts))
+            if video_name is None and isinstance(video, (str, os.PathLike)):
+                video_name = os.path.basename(os.fspath(video))
+            yield from self._run_job(self.submit(P.OP_ANIMATE, video=_blob(video), video_name=video_name, **opts))
             return
         if frames is None:
             raise ValueError("animate needs frames or video")

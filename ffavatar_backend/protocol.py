@@ -332,6 +332,10 @@ def validate(msg: dict[str, Any], limits: Limits = Limits()) -> tuple[str, str, 
     if unknown:
         raise WireError(E_INVALID_INPUT, f"unknown field(s) {unknown[:5]} for op {op!r}; allowed: {sorted(schema)}")
     fields: dict[str, Any] = {}
+    if op == OP_ANIMATE and msg.get("video") == b"":     # name the user's clip, not the field
+        clip = msg.get("video_name")
+        raise WireError(E_INVALID_INPUT, f"the driver video {clip!r} is empty (0 bytes)" if isinstance(clip, str)
+                        and clip else "the driver video is empty (0 bytes)")
     for name, f in schema.items():
         if name not in msg or msg[name] is None:
             if f.required:
