@@ -6,6 +6,7 @@ with handlers); batch runs block on :func:`wait`.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import deque
 from pathlib import Path
@@ -256,15 +257,52 @@ def sync_avatar_list() -> None:
         it.info = extra
 
 
-def _read_images(paths: list[str]) -> list[bytes]:
+def _server_max_pixels() -> int:
+    """The connected backend's pixel limit per image (its hello), else the protocol's default."""
+    from .backend.protocol import Limits
+
+    info = runtime.session.link.info if runtime.session is not None else {}
+    return int((info.get("limits") or {}).get("max_pixels") or Limits().max_pixels)
+
+
+def portrait_bytes(path: Path, max_pixels: int) -> bytes:
+    """A portrait file's bytes, downscaled (JPEG, EXIF orientation kept) when it has more than
+    ``max_pixels`` pixels: the backend refuses bigger images, users have 48 MP phone photos."""
+    from . import portraits
+
+    data = path.read_bytes()
+    try:
+        img = bpy.data.images.load(str(path), check_existing=False)
+    except RuntimeError:
+        return data          # not an image Blender reads: the backend's decoder says what is wrong
+    tmp = user_dir("tmp") / f"{os.getpid()}-{time.monotonic_ns()}.jpg"
+    try:
+        w, h = (int(v) for v in img.size)
+        if w * h <= max_pixels:
+            return data
+        nw, nh = portraits.fit_size(w, h, max_pixels)
+        img.scale(nw, nh)
+        img.filepath_raw, img.file_format = str(tmp), "JPEG"
+        img.save()
+        small = portraits.with_exif(tmp.read_bytes(), portraits.exif_segment(data))
+    finally:
+        bpy.data.images.remove(img)
+        tmp.unlink(missing_ok=True)
+    report("INFO", f"{path.name} is {w}x{h} ({w * h / 1e6:.0f} MP), over the backend's {max_pixels / 1e6:.0f} MP: "
+                   f"sent downscaled to {nw}x{nh}")
+    return small
+
+
+def _read_images(paths: list[str], max_pixels: int | None = None) -> list[bytes]:
     if not paths:
         raise ValueError("add at least one portrait image")
+    limit = max_pixels or _server_max_pixels()
     out = []
     for p in paths:
         path = Path(bpy.path.abspath(p))
         if not path.is_file():
             raise FileNotFoundError(f"portrait {path} does not exist")
-        out.append(path.read_bytes())
+        out.append(portrait_bytes(path, limit))
     return out
 
 

@@ -73,7 +73,7 @@ def test_no_pure_module_imports_bpy(pkg):
     root = Path(bpy.utils.extension_path_user(pkg)).parents[2] / "user_default" / "ffavatar"
     assert root.is_dir(), root
     pure = ["link", "session", "track", "rotations", "rigdata", "keyframes", "names", "retarget", "nnls",
-            "autofit", "driver", "frames", "process", "cameras", "batchargs"]
+            "autofit", "driver", "frames", "process", "cameras", "batchargs", "portraits"]
     for name in pure:
         src = (root / f"{name}.py").read_text()
         assert "import bpy" not in src and "from bpy" not in src, name
