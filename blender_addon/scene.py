@@ -156,8 +156,20 @@ def key_plane_scale(plane: bpy.types.Object, track: Track, frame_start: int, sen
                       action_name=f"{plane.name}Action")
 
 
+def _ours(collection, name: str):
+    """The datablock called ``name`` (or ``name.001``... when the user had that name first) that the
+    add-on made (tagged ``PLANE_TAG``), or None."""
+    hit = collection.get(name)
+    if hit is not None and PLANE_TAG in hit:
+        return hit
+    return next((d for d in collection if PLANE_TAG in d and d.name.startswith(name + ".")), None)
+
+
 def _plane_material(name: str, image: bpy.types.Image, frame_start: int, count: int) -> bpy.types.Material:
-    mat = bpy.data.materials.get(name) or bpy.data.materials.new(name)
+    mat = _ours(bpy.data.materials, name)
+    if mat is None:                              # never rewire a material of the user's
+        mat = bpy.data.materials.new(name)
+        mat[PLANE_TAG] = name
     if bpy.app.version < (5, 0, 0):   # 5.0 materials always have a node tree (use_nodes is deprecated)
         mat.use_nodes = True
     nt = mat.node_tree
@@ -196,10 +208,11 @@ def frames_image(writer: FrameWriter, name: str) -> bpy.types.Image:
     first = writer.first()
     if first is None:
         raise SceneError("no frames were received")
-    img = bpy.data.images.get(name)
-    if img is None:
+    img = _ours(bpy.data.images, name)
+    if img is None:                              # never re-point an image of the user's
         img = bpy.data.images.load(str(first), check_existing=False)
         img.name = name
+        img[PLANE_TAG] = name
     elif Path(bpy.path.abspath(img.filepath)) != first:
         img.filepath = str(first)
     img.source = "SEQUENCE"
@@ -221,8 +234,8 @@ def show_frames(scene: bpy.types.Scene, writer: FrameWriter, camera: bpy.types.O
     start, last = writer.scene_range()
     count = last - start + 1
     plane_name = f"{name} Frames"
-    obj = bpy.data.objects.get(plane_name)
-    if obj is None or obj.type != "MESH":
+    obj = _ours(bpy.data.objects, plane_name)
+    if obj is None or obj.type != "MESH":        # never clear a mesh of the user's
         me = bpy.data.meshes.new(plane_name)
         obj = bpy.data.objects.new(plane_name, me)
         (collection or scene.collection).objects.link(obj)
@@ -256,8 +269,8 @@ def frames_strip(scene: bpy.types.Scene, writer: FrameWriter, *, name: str = "FF
     """A VSE image strip of the writer's files, one element per file, starting at its scene frame."""
     strips = _strips(scene)
     old = strips.get(name)
-    if old is not None:
-        strips.remove(old)
+    if old is not None and old.type == "IMAGE" and Path(bpy.path.abspath(old.directory)) == writer.folder:
+        strips.remove(old)          # this run's earlier strip; a strip of the user's is left alone
     order = sorted(writer.files)
     files = [writer.files[f] for f in order]
     strip = strips.new_image(name=name, filepath=str(files[0]), channel=channel, frame_start=order[0])

@@ -76,7 +76,7 @@ def ext(pkg):
 
 @pytest.fixture
 def clean(ext):
-    """An empty scene (objects, meshes, actions, images... removed) with frames 1..250."""
+    """An empty scene (objects, meshes, actions, images... removed) with frames 1..250 at 25 fps."""
     import bpy
 
     def wipe():
@@ -88,6 +88,7 @@ def clean(ext):
         if scene.sequence_editor is not None:
             scene.sequence_editor_clear()
         scene.frame_start, scene.frame_end, scene.frame_current = 1, 250, 1
+        scene.render.fps, scene.render.fps_base = 25, 1.0   # the rate of the tests' tracks: one key per frame
         scene.camera = None
 
     wipe()

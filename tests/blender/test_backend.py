@@ -264,7 +264,7 @@ def test_personalize_and_a_movie_driver(backend, avatar, ext, clean, tmp_path):
     ctl.wait(run.job, 300)
     assert run.job.result["frames"] == 3 and len([e for e in seen if e["event"] == "frame"]) == 3
     assert sorted(run.writer.written) == [0, 1, 2]
-    # a 25 fps movie in a 24 fps scene: driver frame i starts at 1 + 0.96 i (frames 1, 1.96, 2.92)
+    # numbered by the scene frame where each lands (a 25 fps movie in the 25 fps scene: 1, 2, 3)
     assert sorted(p.name for p in run.writer.written.values()) == [f"movie_{f:06d}.png" for f in (1, 2, 3)]
 
 

@@ -183,23 +183,31 @@ def _check_retarget(s: dict, rot, frames_expected: int) -> dict[str, np.ndarray]
     return {name: np.array(curve["values"]) for name, curve in arkit.items()}
 
 
+def _keyed_flame_rig(ext, scene, frames: int, start: int):
+    """A FLAME rig keyed with a known, lively track of ``frames`` frames from scene frame ``start``."""
+    import rigs
+
+    mesh, arm = ext("rig").build_flame_rig(ext("rigdata").rig_from_dict(rigs.rig_dict()), collection=scene.collection)
+    expr, pose = rigs.track_arrays(frames, len(rigs.EXPRESSION_NAMES), seed=3)
+    track = ext("track").Track(expression=expr, pose=pose, cam_rot=np.zeros((frames, 3)),
+                               cam_t=np.zeros((frames, 3)), focal=np.ones(frames), indices=np.arange(frames),
+                               expression_names=list(rigs.EXPRESSION_NAMES))
+    ext("bake").key_flame_rig(mesh, arm, track, frame_start=start)
+    ext("rig").store_track(arm, track, start)
+    return mesh, arm, track
+
+
 def test_arkit_map_on_the_character_follows_the_formula(scene_file, ext, clean, tmp_path):
     """A known, lively track (values beyond the clamps, joints up to ~0.4 rad) keyed on a FLAME rig,
     baked onto the character by the add-on, saved, and read back by the inspector."""
     import bpy
-    import rigs
 
     with bpy.data.libraries.load(str(scene_file)) as (src, dst):
         dst.objects = ["ARKitFace", "ARKitRig"]
     for o in dst.objects:
         clean.collection.objects.link(o)
-    mesh, arm = ext("rig").build_flame_rig(ext("rigdata").rig_from_dict(rigs.rig_dict()), collection=clean.collection)
     t = 12
-    expr, pose = rigs.track_arrays(t, len(rigs.EXPRESSION_NAMES), seed=3)
-    track = ext("track").Track(expression=expr, pose=pose, cam_rot=np.zeros((t, 3)), cam_t=np.zeros((t, 3)),
-                               focal=np.ones(t), indices=np.arange(t), expression_names=list(rigs.EXPRESSION_NAMES))
-    ext("bake").key_flame_rig(mesh, arm, track, frame_start=3)
-    ext("rig").store_track(arm, track, 3)
+    _keyed_flame_rig(ext, clean, t, 3)
     rep = ext("controller").bake_retarget(clean, "builtin:arkit52", dst.objects)
     assert rep.bones == 1 and rep.shape_keys > 10
     path = tmp_path / "baked.blend"
@@ -242,7 +250,6 @@ def test_bake_keeps_the_artists_animation_outside_the_baked_range(scene_file, ex
     blinks, a tongueOut key and a neck key. Baking ``arkit52`` over frames 1-12 replaces keys only in
     1-12, in the artist's own actions; everything else survives, and the report says where it wrote."""
     import bpy
-    import rigs
 
     keyed = tmp_path / "keyed.blend"
     r = _run(Path(__file__).parent / "data" / "user_keyed_scene.py", [scene_file, keyed], timeout=120)
@@ -262,13 +269,7 @@ def test_bake_keeps_the_artists_animation_outside_the_baked_range(scene_file, ex
     actions = (rig.animation_data.action.name, face.data.shape_keys.animation_data.action.name)
     assert before[(head_path, 0)][0].tolist() == [1, 50, 100, 150]
 
-    mesh, arm = ext("rig").build_flame_rig(ext("rigdata").rig_from_dict(rigs.rig_dict()), collection=clean.collection)
-    t = 12
-    expr, pose = rigs.track_arrays(t, len(rigs.EXPRESSION_NAMES), seed=3)
-    track = ext("track").Track(expression=expr, pose=pose, cam_rot=np.zeros((t, 3)), cam_t=np.zeros((t, 3)),
-                               focal=np.ones(t), indices=np.arange(t), expression_names=list(rigs.EXPRESSION_NAMES))
-    ext("bake").key_flame_rig(mesh, arm, track, frame_start=1)
-    ext("rig").store_track(arm, track, 1)
+    _keyed_flame_rig(ext, clean, 12, 1)
     rep = ext("controller").bake_retarget(clean, "builtin:arkit52", [face, rig])
 
     # the artist's actions are still the ones assigned, and they hold the baked keys

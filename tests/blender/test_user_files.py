@@ -101,3 +101,32 @@ def test_big_photos_are_downscaled_before_sending_and_keep_their_orientation(ext
     bpy.data.images.remove(img)
     assert not [i for i in bpy.data.images if i.filepath.endswith("phone.jpg")]
     assert any("sent downscaled to 80x60" in text for _, text in ctl.runtime.messages)
+
+
+def test_frames_never_take_over_the_users_datablocks(ext, clean, tmp_path):
+    """A user's mesh, material, image and strip that happen to carry the add-on's names stay as they were."""
+    import bpy
+
+    scn, frames = ext("scene"), ext("frames")
+    cam = bpy.data.objects.new("Cam", bpy.data.cameras.new("Cam"))
+    clean.collection.objects.link(cam)
+    mine = bpy.data.objects.new("Run Frames", bpy.data.meshes.new("mine"))
+    mine.data.from_pydata([(0, 0, 0), (1, 0, 0), (0, 1, 0)], [], [(0, 1, 2)])
+    clean.collection.objects.link(mine)
+    mat = bpy.data.materials.new("Run Frames")
+    img = bpy.data.images.new("Run Frames Frames", 4, 4)
+    other = tmp_path / "mine.png"
+    other.write_bytes(b"")
+    strip = scn._strips(clean).new_image(name="Run", filepath=str(other), channel=1, frame_start=1)
+    w = frames.FrameWriter(tmp_path / "f", prefix="run", frame_start=1)
+    png = (ROOT / "tests" / "data" / "rgba_cutout.png").read_bytes()
+    for i in range(2):
+        w.write({"index": i, "format": "png", "image": png, "width": 576, "height": 768})
+    for _ in range(2):                                      # twice: the second run reuses its own
+        plane = scn.show_frames(clean, w, cam, name="Run Frames")
+    scn.frames_strip(clean, w, name="Run")
+    assert plane != mine and len(mine.data.vertices) == 3 and mine.data.materials[:] == []
+    assert plane.active_material != mat and mat.node_tree is None or not mat.node_tree.nodes.get("FFAvatar Frames")
+    assert img.source == "GENERATED" and tuple(img.size) == (4, 4)
+    assert [o.name for o in bpy.data.objects if "Run Frames" in o.name].__len__() == 2
+    assert scn._strips(clean).get("Run") == strip and len(scn._strips(clean)) == 2
