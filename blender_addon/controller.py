@@ -16,7 +16,7 @@ import bpy
 import numpy as np
 
 from . import bake, rig as rigmod, scene as scenemod
-from .driver import DriverClip, resolve
+from .driver import DriverClip, name_inputs, resolve
 from .frames import FrameWriter
 from .link import Link
 from .process import BackendProcess
@@ -318,6 +318,7 @@ def reconstruct(paths: list[str], *, name: str = "", steps: int = 0, crop: bool 
                 sc.ffavatar.avatar_id = str(job.result.get("avatar", ""))
             refresh_avatars()
         else:
+            job.error = name_inputs(job.error, "image", [Path(bpy.path.abspath(p)) for p in paths])
             report("ERROR" if job.state == "failed" else "INFO", f"reconstruct: {job.error}")
 
     return s.start("reconstruct", label="reconstruct", on_done=done, images=images, personalize_steps=int(steps),
@@ -334,6 +335,7 @@ def personalize(avatar: str, paths: list[str], *, steps: int = 500) -> Job:
             report("INFO", f"personalized {avatar}: PSNR {r.get('psnr_before', 0):.2f} -> {r.get('psnr_after', 0):.2f} dB")
             refresh_avatars()
         else:
+            job.error = name_inputs(job.error, "image", [Path(bpy.path.abspath(p)) for p in paths])
             report("ERROR" if job.state == "failed" else "INFO", f"personalize: {job.error}")
 
     return s.start("personalize", label=f"personalize ({steps} steps)", on_done=done, avatar=avatar, images=images,
@@ -413,6 +415,7 @@ class AnimateRun:
         self.first_frame_s: float | None = None
         self.job: Job | None = None
         self.head_model_id: str | None = None   # key only a rig of the backend's head model
+        self.paths: list[Path] | None = None     # an image sequence's files, to name them in errors
 
     @property
     def scene(self) -> bpy.types.Scene:
@@ -450,6 +453,7 @@ class AnimateRun:
             report("INFO", f"animate: {self.writer.count} frames in {el:.1f} s "
                            f"({self.writer.count / max(el, 1e-9):.1f} frames/s) -> {self.writer.folder}")
         else:
+            job.error = name_inputs(job.error, "driver frame", self.paths)
             report("ERROR" if job.state == "failed" else "INFO",
                    f"animate: {job.error} ({self.writer.count} frames kept)")
 
@@ -473,8 +477,10 @@ class AnimateRun:
         if mesh is not None:
             self.expression_names = [kb.name for kb in mesh.data.shape_keys.key_blocks[1:]]
         track = self.track()
-        bake.key_flame_rig(mesh, arm, track, self.frame_start)
+        rep = bake.key_flame_rig(mesh, arm, track, self.frame_start)
         rigmod.store_track(arm, track, self.frame_start)
+        if final:
+            report("INFO", f"FLAME rig: {rep.summary()}")
 
     def key_camera(self):
         track = self.track()
@@ -566,6 +572,7 @@ def animate(scene: bpy.types.Scene, avatar: str, driver: str | Path, *, first: i
         job = s.start("animate", label=f"animate {len(clip.paths)} frames", on_event=run.on_event,
                       on_done=run.on_done, stream=True, chunks=clip.chunks(8), **fields)
     run.job = job
+    run.paths = clip.paths if clip.kind == "images" else None
     runtime.runs[job.id] = run
     return run
 

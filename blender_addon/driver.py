@@ -78,3 +78,16 @@ def resolve(path: str | Path) -> DriverClip:
     pattern = re.compile(re.escape(prefix) + r"(\d+)" + re.escape(p.suffix) + "$")
     numbered = [f for f in p.parent.iterdir() if pattern.match(f.name) and f.is_file()]
     return DriverClip("images", sorted(numbered, key=lambda f: natural_key(f.name)))
+
+
+def name_inputs(message: str, label: str, paths: list[Path] | None) -> str:
+    """A backend message that counts inputs (``"driver frame 3: ..."``, ``"image 1: ..."``) with the
+    user's file names added: ``"driver frame 3 (frame_4.png): ..."``."""
+    if not paths:
+        return message
+
+    def named(m: re.Match) -> str:
+        i = int(m.group(1))
+        return f"{m.group(0)} ({paths[i].name})" if 0 <= i < len(paths) else m.group(0)
+
+    return re.sub(rf"\b{re.escape(label)} (\d+)\b(?! \()", named, message, count=1)

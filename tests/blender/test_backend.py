@@ -397,6 +397,7 @@ def test_animated_camera_offset_movie_and_timing(backend, avatar, ext, clean, tm
     mesh, arm = ctl.scene_rig(clean)
     f, _ = ext("anim").read_curve(mesh.data.shape_keys, f'key_blocks["{mesh.data.shape_keys.key_blocks[1].name}"].value')
     assert f.tolist() == [10, 12, 14, 16]
+    assert any(t.startswith("FLAME rig: ") and "frames 10-16, in" in t for _, t in ctl.runtime.messages)
     # the camera at each of those frames: the avatar moves with the rig's projection
     n = len(mesh.data.vertices)
     co = np.empty(3 * n, dtype=np.float32)
@@ -446,3 +447,17 @@ def test_cameras_bound_to_markers_switch_per_frame(ext, clean):
     cams = scn.camera_params(clean, a, [1, 2, 3, 4])
     assert [c["lens"] for c in cams] == [50.0, 50.0, 85.0, 85.0]
     assert np.allclose(np.array(cams[3]["matrix_world"])[:3, 3], (0.3, -0.7, 0.0), atol=1e-6)
+
+
+def test_a_bad_frame_is_named_by_its_file(backend, avatar, ext, clean, tmp_path):
+    ctl = ext("controller")
+    _camera(clean, animated=False)
+    folder = tmp_path / "take"
+    folder.mkdir()
+    for i in (1, 3, 10):
+        (folder / f"frame_{i}.png").write_bytes(pngs.png_bytes(pngs.face_image(i, 48)))
+    (folder / "frame_2.png").write_bytes(b"not a png")        # the 2nd frame in natural order
+    run = ctl.animate(clean, avatar, str(folder), crop=False, name="Bad", key_rig=False)
+    with pytest.raises(ext("session").JobFailed) as e:
+        ctl.wait(run.job, 300)
+    assert "driver frame 1 (frame_2.png)" in str(e.value) and e.value.code == "image_decode"

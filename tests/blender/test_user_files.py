@@ -130,3 +130,12 @@ def test_frames_never_take_over_the_users_datablocks(ext, clean, tmp_path):
     assert img.source == "GENERATED" and tuple(img.size) == (4, 4)
     assert [o.name for o in bpy.data.objects if "Run Frames" in o.name].__len__() == 2
     assert scn._strips(clean).get("Run") == strip and len(scn._strips(clean)) == 2
+
+
+def test_backend_messages_get_the_users_file_names(ext, tmp_path):
+    name = ext("driver").name_inputs
+    paths = [tmp_path / f"frame_{i}.png" for i in (1, 2, 10)]
+    assert name("driver frame 2: could not decode", "driver frame", paths) == "driver frame 2 (frame_10.png): could not decode"
+    assert name("image 0: no face", "image", paths) == "image 0 (frame_1.png): no face"
+    assert name("driver frame 7: x", "driver frame", paths) == "driver frame 7: x"       # out of range: as is
+    assert name("image 0 (a.png): x", "image", paths) == "image 0 (a.png): x"           # named already
