@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# Python tests (main venv), then the Blender extension tests under bpy 5.0 and 4.2 LTS.
+# Python tests (main venv), then the Blender extension tests under bpy 4.2 LTS and 5.2 (mk/blender.mk).
 test: test-python test-blender
 
 test-python: install
@@ -33,8 +33,8 @@ ifeq ($(shell uname -s),Darwin)
 EXT_PLATFORM := $(if $(filter arm64,$(shell uname -m)),macos_arm64,macos_x64)
 endif
 
-demo: install extension .venv-blender-5.0/.installed
-	$(BIN)/ffavatar demo -o out/demo --blender-python .venv-blender-5.0/bin/python \
+demo: install extension .venv-blender-5.2/.installed
+	$(BIN)/ffavatar demo -o out/demo --blender-python .venv-blender-5.2/bin/python \
 	  --extension "$$(ls -t dist/ffavatar-*-$(EXT_PLATFORM).zip | head -1)"
 
 # CPU benchmarks (JSON in bench/results/); bench-blender (mk/blender.mk) measures the add-on side.

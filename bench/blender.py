@@ -1,6 +1,6 @@
 """Blender-side benchmark (run with a bpy venv): keyframe throughput and end-to-end frames/s.
 
-    .venv-blender-5.0/bin/python bench/blender.py --dist dist --out bench/results/blender-cpu.json
+    .venv-blender-5.2/bin/python bench/blender.py --dist dist --out bench/results/blender-cpu.json
 
 1. keyframes: a FLAME rig with 50 shape keys + 5 bones keyed from a T-frame track through the add-on
    (retarget map evaluation + the ``keyframe_points.add`` / ``foreach_set`` fast path) -> keys/s and

@@ -432,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the main job end to end on the built-in defaults", description=cmd_demo.__doc__)
     p.add_argument("-o", "--output", default="out/demo", help="output folder (default: out/demo)")
-    p.add_argument("--blender-python", help="Python of a bpy environment (e.g. .venv-blender-5.0/bin/python) "
+    p.add_argument("--blender-python", help="Python of a bpy environment (e.g. .venv-blender-5.2/bin/python) "
                    "to run the Blender part; without it only the Python part runs")
     p.add_argument("--extension", help="the extension zip to install (dist/ffavatar-*-linux_x64.zip)")
     p.add_argument("--size", type=int, default=256, help="render size (default 256)")

@@ -163,3 +163,30 @@ def test_cli_error_starts_on_its_own_line(tmp_path, capsys):
     assert "error [no_face]" in err
     line = err[err.index("error [no_face]") - 1]
     assert line == "\n", repr(err[-300:])
+
+
+def test_cli_animate_keeps_the_clips_timing(tmp_path, capsys):
+    """The MP4 and the track the CLI writes run at the driver clip's rate (a 12 fps phone clip stays
+    12 fps; an image folder takes --fps), frames numbered in the clip's natural order."""
+    from ffavatar.api import FlameTrack
+    from ffavatar.cli import main
+    from ffavatar.images import video_fps, write_video
+
+    face = next(iter(read_frames(DATA / "phone_rot90.mp4")))
+    portrait = tmp_path / "me.png"
+    cv2.imwrite(str(portrait), face[..., ::-1])
+    avatar = tmp_path / "me.ffa"
+    assert main(["reconstruct", str(portrait), "-o", str(avatar), "--device", "cpu", "--crop", "none"]) == 0
+    clip = write_video(tmp_path / "take.mp4", [face] * 3, fps=12.0)
+    out = tmp_path / "out"
+    assert main(["animate", str(avatar), "--driver", str(clip), "-o", str(out), "--size", "32", "--device", "cpu",
+                 "--crop", "none"]) == 0
+    assert video_fps(out / "animation.mp4") == pytest.approx(12.0) and FlameTrack.load(out / "track.npz").fps == 12.0
+    folder = tmp_path / "seq"
+    folder.mkdir()
+    for i in (1, 2, 10):
+        cv2.imwrite(str(folder / f"f_{i}.png"), face[..., ::-1])
+    assert main(["animate", str(avatar), "--driver", str(folder), "-o", str(tmp_path / "o2"), "--size", "32",
+                 "--device", "cpu", "--crop", "none", "--fps", "10"]) == 0
+    assert video_fps(tmp_path / "o2" / "animation.mp4") == pytest.approx(10.0)
+    assert sorted(p.name for p in (tmp_path / "o2" / "frames").iterdir()) == ["000000.png", "000001.png", "000002.png"]
