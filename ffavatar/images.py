@@ -345,6 +345,7 @@ def _video_file(path: Path, max_frames: int | None, name: str | None = None, fir
         cap.release()
         raise ImageDecodeError(_video_problem(path, label))
     n = skipped = 0
+    declared = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
     try:
         while skipped < first and cap.grab():
             skipped += 1
@@ -358,6 +359,9 @@ def _video_file(path: Path, max_frames: int | None, name: str | None = None, fir
             yield np.ascontiguousarray(frame[..., ::-1])
     finally:
         cap.release()
+    if n and max_frames is None and declared > first + n + 1:
+        log.warning("the video %s ended after %d of the %d frames it declares; it looks incomplete",
+                    label, first + n, declared)
     if n == 0 and first == 0:
         why = _video_problem(path, label)
         raise ImageDecodeError(why if "incomplete" in why or "empty" in why else
