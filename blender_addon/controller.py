@@ -530,7 +530,7 @@ def animate(scene: bpy.types.Scene, avatar: str, driver: str | Path, *, first: i
     frame i at ``frame_start + i * scene fps / clip fps`` (clip fps: ``fps``, else the movie's own,
     else, for image sequences, the scene's). With ``camera_mode`` ``"SCENE"`` the scene camera is
     evaluated at each of those (sub)frames and sent; with ``"DRIVER"`` the driver's own camera is
-    used (and keyed onto a camera object). Only the asked range is decoded and rendered."""
+    used (and keyed onto a camera object). Only the asked range is tracked and rendered."""
     s = require_session()
     if not avatar:
         raise ValueError("pick an avatar (reconstruct one first)")

@@ -356,7 +356,7 @@ class Client:
         ``result``. The driver is ``video`` (bytes or path), or ``frames`` (encoded bytes or paths): a
         list/tuple is sent in one message, any other iterable (or ``stream=True``) is streamed in
         chunks of ``chunk_size`` while at most ``window`` frames are unanswered. Only driver frames
-        ``first .. first+count-1`` (count 0: to the end) are decoded and rendered, indexed from 0.
+        ``first .. first+count-1`` (count 0: to the end) are tracked and rendered, indexed from 0.
         ``video_name`` (default: a path's file name) is how the server's messages call the video.
         Leaving the loop early cancels the job."""
         opts = dict(avatar=avatar, size=size, format=format, cameras=cameras, alpha=alpha, quality=quality, fps=fps,
