@@ -256,7 +256,7 @@ def list_images(folder: str | Path) -> list[Path]:
     return files
 
 
-def _open_video(path: str | Path) -> cv2.VideoCapture:
+def open_video(path: str | Path) -> cv2.VideoCapture:
     """A capture that returns frames upright: phone clips store frames sideways with a rotation in
     their metadata, and whether OpenCV applies it by default has changed between 4.x releases, so it
     is asked for explicitly (``CAP_PROP_ORIENTATION_AUTO``, honoured by the FFmpeg backend)."""
@@ -268,7 +268,7 @@ def _open_video(path: str | Path) -> cv2.VideoCapture:
 
 def video_fps(path: str | Path) -> float:
     """Frame rate of a video file (25 when the container does not say)."""
-    cap = _open_video(path)
+    cap = open_video(path)
     fps = cap.get(cv2.CAP_PROP_FPS) if cap.isOpened() else 0.0
     cap.release()
     return float(fps) if fps and fps > 0 else 25.0
@@ -340,7 +340,7 @@ def read_frames(source: str | Path | bytes | Sequence[str | Path], max_frames: i
 
 def _video_file(path: Path, max_frames: int | None, name: str | None = None, first: int = 0) -> Iterator[np.ndarray]:
     label = name or path.name
-    cap = _open_video(path)
+    cap = open_video(path)
     if not cap.isOpened():
         cap.release()
         raise ImageDecodeError(_video_problem(path, label))
