@@ -416,6 +416,7 @@ class AnimateRun:
         self.job: Job | None = None
         self.head_model_id: str | None = None   # key only a rig of the backend's head model
         self.paths: list[Path] | None = None     # an image sequence's files, to name them in errors
+        self.frame_end_was = scene.frame_end      # the scene's end before this run (it may extend it)
 
     @property
     def scene(self) -> bpy.types.Scene:
@@ -512,8 +513,10 @@ class AnimateRun:
         if final and self.use_vse:
             scenemod.frames_strip(sc, self.writer, name=self.name)
         last = self.writer.scene_range()[1]
-        if sc.frame_end < last:
+        if sc.frame_end < last:             # extended (never shortened) to show the frames
             sc.frame_end = last
+        if final and sc.frame_end > self.frame_end_was:
+            report("INFO", f"scene end frame extended from {self.frame_end_was} to {sc.frame_end} for the frames")
 
 
 def name_prefix(name: str) -> str:

@@ -371,7 +371,7 @@ def test_animated_camera_offset_movie_and_timing(backend, avatar, ext, clean, tm
     from bpy_extras.object_utils import world_to_camera_view
 
     ctl, scn = ext("controller"), ext("scene")
-    clean.frame_start, clean.frame_end = 10, 40
+    clean.frame_start, clean.frame_end = 10, 12
     clean.render.fps, clean.render.fps_base = 24, 1.0
     cam = _camera(clean, animated=False)
     cam.location = (-0.12, -0.7, 0.02)
@@ -398,6 +398,7 @@ def test_animated_camera_offset_movie_and_timing(backend, avatar, ext, clean, tm
     f, _ = ext("anim").read_curve(mesh.data.shape_keys, f'key_blocks["{mesh.data.shape_keys.key_blocks[1].name}"].value')
     assert f.tolist() == [10, 12, 14, 16]
     assert any(t.startswith("FLAME rig: ") and "frames 10-16, in" in t for _, t in ctl.runtime.messages)
+    assert clean.frame_end == 17 and any("scene end frame extended from 12 to 17" in t for _, t in ctl.runtime.messages)
     # the camera at each of those frames: the avatar moves with the rig's projection
     n = len(mesh.data.vertices)
     co = np.empty(3 * n, dtype=np.float32)
