@@ -17,7 +17,7 @@ import numpy as np
 
 from . import bake, rig as rigmod, scene as scenemod
 from .driver import DriverClip, name_inputs, resolve
-from .frames import FrameWriter
+from .frames import FrameWriter, folder_name
 from .link import Link
 from .process import BackendProcess
 from .rigdata import rig_from_dict
@@ -77,7 +77,7 @@ def user_dir(*parts: str) -> Path:
 def frames_folder(name: str) -> Path:
     """Where a run's frames go: next to the saved .blend (``//ffavatar_frames/<name>``) when the
     preference says so and the file is saved, else the extension's user directory."""
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "frames"
+    safe = folder_name(name)  # a name of '..' must not lead out of the frames folder
     if pref("frames_location", "USER") == "BLEND" and bpy.data.filepath:
         path = Path(bpy.path.abspath("//ffavatar_frames")) / safe
         path.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,13 @@ import numpy as np
 EXTENSIONS = {"png": "png", "jpeg": "jpg"}
 
 
+def folder_name(name: str) -> str:
+    """A run name as one safe folder name: letters, digits, ``-`` and ``_`` only (anything else,
+    dots included, becomes ``_``), never empty, ``.`` or ``..``, at most 64 characters."""
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in str(name))[:64].strip("_")
+    return safe or "frames"
+
+
 class FrameWriter:
     """Writes frame events' encoded images; remembers what it wrote."""
 

@@ -5,6 +5,10 @@ The main thread never blocks on the network: it puts commands on a queue (:meth:
 callback in the UI or directly in tests and batch runs. The worker sends, polls, keeps a heartbeat
 (``ping``), declares the backend offline after ``timeout`` seconds without an answer, fails the jobs
 that were running with a clear ``disconnected`` error, and reconnects (``hello``) when it answers again.
+A backend restarted on the same address is noticed by the bundled client (its ``instance`` changes):
+the jobs the old process had end with ``disconnected`` and the link says ``hello`` again. A cancel
+the backend does not know ends the job here (``cancelled``). Op, event and error names come from
+the bundled protocol module.
 
 Job ids are the link's own (``"j1"``, ``"j2"``...), so events can be matched before the client has
 assigned a request id. Every event put on the queue is the protocol's map with ``id`` replaced by
@@ -22,10 +26,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from .backend import protocol as P
+
 log = logging.getLogger(__name__)
 
 OFFLINE, CONNECTING, ONLINE = "offline", "connecting", "online"
-E_DISCONNECTED = "disconnected"
+E_DISCONNECTED = P.E_DISCONNECTED
 RETRY_INTERVAL = 2.0
 """Seconds between reconnection attempts while the backend is offline."""
 STREAM_WINDOW = 32
@@ -101,7 +107,7 @@ class Link:
         return job
 
     def cancel(self, job: str) -> None:
-        self._commands.put(("cancel", job, None, None, None))
+        self._commands.put((P.OP_CANCEL, job, None, None, None))
 
     def events(self, max_events: int | None = None) -> list[dict]:
         """Every event waiting (non-blocking)."""
@@ -140,7 +146,7 @@ class Link:
             self._state_changed.notify_all()
         if changed:
             log.info("backend %s: %s%s", self.address, state, f" ({error})" if error else "")
-            self._events.put({"v": 1, "id": None, "event": "link", "state": state, "message": error,
+            self._events.put({"v": P.PROTOCOL_VERSION, "id": None, "event": "link", "state": state, "message": error,
                               "info": dict(self.info)})
 
     def _update_info(self, status: dict) -> None:
@@ -148,11 +154,11 @@ class Link:
         new = {k: status.get(k) for k in keys if k in status}
         if any(self.info.get(k) != v for k, v in new.items()):
             self.info.update(new)
-            self._events.put({"v": 1, "id": None, "event": "link", "state": self.state, "message": "",
+            self._events.put({"v": P.PROTOCOL_VERSION, "id": None, "event": "link", "state": self.state, "message": "",
                               "info": dict(self.info)})
 
     def _emit(self, job: str, event: str, **fields: Any) -> None:
-        self._events.put({"v": 1, "id": job, "event": event, **fields})
+        self._events.put({"v": P.PROTOCOL_VERSION, "id": job, "event": event, **fields})
 
     def _run(self) -> None:
         client = None
@@ -168,7 +174,7 @@ class Link:
                 if client is None:
                     try:
                         client = self.client_factory(self.address, self.timeout)
-                        hello_id = client.submit("hello", versions=[1], client=self.client_name)
+                        hello_id = _hello(client, self.client_name)
                         last_answer = last_ping = now
                         if self.state == OFFLINE and not self.error:
                             self._set_state(CONNECTING)
@@ -183,13 +189,13 @@ class Link:
                         kind, job, op, fields, chunks = self._commands.get_nowait()
                     except queue.Empty:
                         break
-                    if kind == "cancel":
+                    if kind == P.OP_CANCEL:
                         p = pending.get(job)
                         if p is not None and p.request is not None:
-                            _send(client, "cancel", job=p.request)
+                            _send(client, P.OP_CANCEL, job=p.request)
                         continue
                     if self.state != ONLINE:
-                        self._emit(job, "error", code=E_DISCONNECTED,
+                        self._emit(job, P.EV_ERROR, code=E_DISCONNECTED,
                                    message=f"the backend at {self.address} is not reachable "
                                            f"({self.error or self.state}); start it from the FFAvatar panel or check the address")
                         continue
@@ -197,7 +203,8 @@ class Link:
                     try:
                         p.request = client.submit(op, **fields)
                     except Exception as e:  # noqa: BLE001 - e.g. a message over the size limit
-                        self._emit(job, "error", code="invalid_input", message=f"could not send {op}: {e}")
+                        self._emit(job, P.EV_ERROR, code=getattr(e, "code", P.E_INVALID_INPUT),
+                                   message=f"could not send {op}: {getattr(e, 'message', e)}")
                         continue
                     pending[job] = p
                     by_request[p.request] = job
@@ -210,14 +217,14 @@ class Link:
                         except StopIteration:
                             frames, last = [], True
                         except Exception as e:  # noqa: BLE001 - the frame source failed (file read)
-                            _send(client, "cancel", job=p.request)
-                            self._emit(p.job, "error", code="invalid_input", message=f"reading driver frames: {e}")
+                            _send(client, P.OP_CANCEL, job=p.request)
+                            self._emit(p.job, P.EV_ERROR, code=P.E_INVALID_INPUT, message=f"reading driver frames: {e}")
                             p.done_sending = True
                             break
-                        rid = _send(client, "animate_chunk", job=p.request, frames=list(frames), last=last)
+                        rid = _send(client, P.OP_ANIMATE_CHUNK, job=p.request, frames=list(frames), last=last)
                         if rid is None:
-                            self._emit(p.job, "error", code=E_DISCONNECTED, message="could not stream driver frames")
-                            _send(client, "cancel", job=p.request)
+                            self._emit(p.job, P.EV_ERROR, code=E_DISCONNECTED, message="could not stream driver frames")
+                            _send(client, P.OP_CANCEL, job=p.request)
                             p.done_sending = True
                             break
                         by_request[rid] = p.job
@@ -236,16 +243,19 @@ class Link:
                     rid = ev.get("id")
                     if rid is not None and rid == hello_id:
                         hello_id = None
-                        if ev.get("event") == "result":
+                        if ev.get("event") == P.EV_RESULT:
                             self.info = {k: v for k, v in ev.items() if k not in ("v", "id", "event")}
                             self._set_state(ONLINE)
-                        elif ev.get("event") == "error":
+                        elif ev.get("event") == P.EV_ERROR:
                             self._set_state(OFFLINE, f"hello refused: {ev.get('message')}")
                         continue
                     if rid is not None and rid == ping_id:
                         ping_id = None
-                        if ev.get("event") == "result" and "engine" in ev:  # a status answer
+                        if ev.get("event") == P.EV_RESULT and "engine" in ev:  # a status answer
                             self._update_info(ev)
+                        known = self.info.get(P.INSTANCE)
+                        if known and ev.get(P.INSTANCE) not in (None, known):  # restarted: its jobs already ended
+                            hello_id = _hello(client, self.client_name)
                         continue
                     job = by_request.get(rid)
                     if job is None:
@@ -253,14 +263,14 @@ class Link:
                     p = pending.get(job)
                     kind = ev.get("event")
                     if p is not None and rid in p.chunk_ids:  # chunk requests are answered only on error
-                        if kind == "error":
-                            _send(client, "cancel", job=p.request)
-                            self._emit(job, "error", code=ev.get("code"), message=f"streaming frames: {ev.get('message')}")
+                        if kind == P.EV_ERROR:
+                            _send(client, P.OP_CANCEL, job=p.request)
+                            self._emit(job, P.EV_ERROR, code=ev.get("code"), message=f"streaming frames: {ev.get('message')}")
                         continue
-                    if p is not None and kind == "frame":
+                    if p is not None and kind == P.EV_FRAME:
                         p.returned += 1
                     self._events.put({**ev, "id": job})
-                    if kind in ("result", "error"):
+                    if kind in P.FINAL_EVENTS:
                         pending.pop(job, None)
                         by_request.pop(rid, None)
                         if p is not None:
@@ -275,7 +285,7 @@ class Link:
                     msg = (f"no answer from {self.address} for {silent:.0f} s" if self.state == ONLINE else
                            self.error or f"no backend answers at {self.address}")
                     for p in pending.values():
-                        self._emit(p.job, "error", code=E_DISCONNECTED,
+                        self._emit(p.job, P.EV_ERROR, code=E_DISCONNECTED,
                                    message=f"lost the backend ({msg}); the {p.op} job was stopped")
                     pending.clear()
                     by_request.clear()
@@ -285,10 +295,14 @@ class Link:
                     continue
                 if now - last_ping > self.heartbeat and hello_id is None and ping_id is None:
                     # while the model loads, ask for the status (it names the device and head model when ready)
-                    ping_id = _send(client, "ping" if self.info.get("engine") in ("ready", "failed") else "status")
+                    ping_id = _send(client, P.OP_PING if self.info.get("engine") in ("ready", "failed") else P.OP_STATUS)
                     last_ping = now
         finally:
             _close(client)
+
+
+def _hello(client, name: str) -> str:
+    return client.submit(P.OP_HELLO, versions=list(P.SUPPORTED_VERSIONS), client=name)
 
 
 def _send(client, op: str, **fields: Any) -> str | None:

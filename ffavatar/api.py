@@ -32,7 +32,7 @@ from .model.flame_estimator import EstimatedFlame
 from .pipeline import AvatarPipeline
 from .ply import write_ply
 from .render import rasterize
-from .render.camera import Camera
+from .render.camera import MAX_RENDER_SIZE, Camera
 
 log = logging.getLogger(__name__)
 
@@ -357,8 +357,8 @@ class Avatar:
                 camera: Callable[[int], Camera | None] | None = None, crop: str = "detect",
                 cancel: Cancel = None) -> Iterator[AnimatedFrame]:
         """Reenact: per driver frame, estimate FLAME + camera, pose and render (one frame at a time)."""
-        if not 16 <= size <= 4096:
-            raise LimitExceeded(f"size must be 16..4096, got {size}")
+        if not 16 <= size <= MAX_RENDER_SIZE:
+            raise LimitExceeded(f"size must be 16..{MAX_RENDER_SIZE}, got {size}")
         names = self.reconstructor.expression_names
         for i, est in self._estimate(frames, crop, cancel):
             cam = camera(i) if camera is not None else None

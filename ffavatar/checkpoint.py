@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,13 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        save_file(flat, str(tmp), metadata={META_KEY: json.dumps({**meta, "versions": versions()})})
+        try:
+            save_file(flat, str(tmp), metadata={META_KEY: json.dumps({**meta, "versions": versions()})})
+        except SafetensorError as e:  # its I/O failures (disk full...) as the OSError they are
+            code = re.search(r"os error (\d+)", str(e))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from e
         os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())

@@ -448,14 +448,46 @@ def _end_progress_bars() -> None:
         bar.close()
 
 
+def _check_paths(args: argparse.Namespace) -> None:
+    """Fail at once, naming the user's path, on inputs that are not regular files (a folder, a device
+    like /dev/zero, a pipe) and on outputs that exist as something else than what is written there."""
+    from .errors import InvalidInput
+
+    def listed(value) -> list[str]:
+        return [value] if isinstance(value, str) else list(value or [])
+
+    for p in listed(getattr(args, "images", None)) + listed(getattr(args, "avatar", None)):
+        if Path(p).exists() and not Path(p).is_file():
+            raise InvalidInput(f"{p} is not a regular file (a folder, device or pipe); give an image or avatar file")
+    for p in listed(getattr(args, "driver", None)):
+        if Path(p).exists() and not (Path(p).is_file() or Path(p).is_dir()):
+            raise InvalidInput(f"{p} is not a video file, an image file or a folder of images")
+    out = getattr(args, "output", None)
+    if isinstance(out, str) and Path(out).exists():
+        wants_file = args.func in (cmd_reconstruct, cmd_personalize, cmd_export_ply)
+        if wants_file and not Path(out).is_file():
+            raise InvalidInput(f"-o {out} is {'a folder' if Path(out).is_dir() else 'not a regular file'}; "
+                               "give the name of the file to write")
+        if not wants_file and not Path(out).is_dir():
+            raise InvalidInput(f"-o {out} exists and is not a folder; give a folder to write into")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        _check_paths(args)
         return args.func(args)
     except FFAvatarError as e:
         _end_progress_bars()
         print(f"error [{e.code}]: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file the user named could not be read or written (disk full, name too long...)
+        from .errors import from_os_error
+
+        _end_progress_bars()
+        err = from_os_error(e, f"'{e.filename}'" if e.filename else "a file")
+        print(f"error [{err.code}]: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         _end_progress_bars()

@@ -6,6 +6,8 @@ Every error carries a stable ``code`` string; the backend protocol sends these c
 
 from __future__ import annotations
 
+import errno
+
 
 class FFAvatarError(Exception):
     """Base class. ``code`` is the wire code; ``hint`` tells the user what to do about it."""
@@ -89,8 +91,31 @@ class ProtocolError(InvalidInput):
     code = "protocol"
 
 
+class StorageError(FFAvatarError):
+    """A file could not be written or read for a reason of the storage, not of its content: the
+    disk or quota is full, a file is too large for the file system, a folder is not writable."""
+
+    code = "storage"
+
+
+_STORAGE_ERRNOS = frozenset(getattr(errno, n) for n in ("ENOSPC", "EDQUOT", "EFBIG", "EROFS", "EIO", "EMFILE", "ENFILE")
+                            if hasattr(errno, n))
+
+
+def from_os_error(e: OSError, what: str, *, writing: bool = True) -> FFAvatarError:
+    """An OSError while reading or writing ``what`` (words naming the user's file, e.g. "the output
+    file frames/x.png") as a product error: :class:`StorageError` when the storage failed (disk or
+    quota full, file too large, read-only, I/O error), else :class:`InvalidInput` (no such file, a
+    directory or device where a file was expected, a name too long, no permission)."""
+    reason = e.strerror or str(e)
+    if e.errno in _STORAGE_ERRNOS:
+        return StorageError(f"cannot {'write' if writing else 'read'} {what}: {reason}",
+                            hint="free some space or choose another place" if writing else None)
+    return InvalidInput(f"cannot use {what}: {reason}")
+
+
 ALL_ERRORS: tuple[type[FFAvatarError], ...] = (
     FFAvatarError, InvalidInput, FlameFileError, UnsafePickle, HeadModelMismatch, CheckpointError,
-    ImageDecodeError, NoFaceFound, NotFound, LimitExceeded, Busy, Cancelled, ProtocolError,
+    ImageDecodeError, NoFaceFound, NotFound, LimitExceeded, Busy, Cancelled, ProtocolError, StorageError,
 )
 """Every error class; their ``code`` values are the protocol's error codes."""

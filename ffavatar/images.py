@@ -6,8 +6,10 @@ Face detection uses the Haar cascades that ship inside opencv-python(-headless) 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
-import os
+import struct
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -30,42 +32,130 @@ portraits and frames are composited over it before detection and crop."""
 FIT_PIXELS = 16_000_000
 """Photos with more pixels are downscaled while loading (:func:`load_image`): a 48 MP phone photo
 becomes ~12 MP, plenty for a face crop of a few hundred pixels."""
+MAX_IMAGE_SIDE = 32_766
+"""Longest accepted image side (OpenCV's warps and resizes need sides below 2**15 - 1)."""
+MIN_IMAGE_SIDE = 8
+MAX_ASPECT = 20
+"""Shortest side and largest aspect ratio of an accepted portrait or frame (no face fits thinner ones)."""
+MAX_IMAGE_FILE_BYTES = 512 * 2**20
+"""Largest image file :func:`load_image` reads."""
+
+
+IMAGE_MAGIC = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"BM", "BMP"), (b"II*\x00", "TIFF"),
+               (b"MM\x00*", "TIFF"), (b"RIFF", "WEBP"))
+"""Leading bytes of the image formats decode_image accepts (WebP: ``RIFF`` + size + ``WEBP``; AVIF,
+which datasets such as Ava-256 use, is an ISO-BMFF ``ftyp`` box of brand ``avif``/``avis``).
+Everything else, including formats OpenCV could decode (PNM, PFM, HDR, Sun raster, JPEG 2000, GIF,
+EXR...), is refused before any decoder sees it."""
+
+
+def _image_format(head: bytes) -> str | None:
+    fmt = next((f for magic, f in IMAGE_MAGIC if head.startswith(magic)), None)
+    if fmt == "WEBP" and head[8:12] != b"WEBP":
+        return None
+    if fmt is None and head[4:8] == b"ftyp" and head[8:12] in (b"avif", b"avis"):
+        return "AVIF"
+    return fmt
+
+
+def _header_reader(fmt: str):
+    """Pillow's image class for ``fmt``: constructing it parses the header only (no pixels)."""
+    if fmt == "PNG":
+        from PIL.PngImagePlugin import PngImageFile as reader
+    elif fmt == "JPEG":
+        from PIL.JpegImagePlugin import JpegImageFile as reader
+    elif fmt == "BMP":
+        from PIL.BmpImagePlugin import BmpImageFile as reader
+    elif fmt == "TIFF":
+        from PIL.TiffImagePlugin import TiffImageFile as reader
+    elif fmt == "AVIF":
+        from PIL.AvifImagePlugin import AvifImageFile as reader
+    else:
+        from PIL.WebPImagePlugin import WebPImageFile as reader
+    return reader
+
+
+def image_header(data: bytes | bytearray | memoryview) -> tuple[str, int, int]:
+    """``(format, width, height)`` from an image's header, without decoding its pixels.
+
+    The format comes from the leading bytes (:data:`IMAGE_MAGIC`); the header is parsed by Pillow's
+    plugin for that format alone. Raises :class:`ImageDecodeError` when the bytes are not PNG, JPEG,
+    BMP, WebP, TIFF or AVIF, or the header is unreadable."""
+    fmt = _image_format(bytes(data[:12]))
+    if fmt is None:
+        raise ImageDecodeError("not a PNG, JPEG, BMP, WebP, TIFF or AVIF image")
+    try:
+        im = _header_reader(fmt)(io.BytesIO(data))
+        try:
+            w, h = im.size
+        finally:
+            im.close()
+    except (OSError, ValueError, SyntaxError, EOFError, KeyError, IndexError, TypeError, struct.error) as e:
+        raise ImageDecodeError(f"unreadable {fmt} header ({type(e).__name__}: {str(e)[:120]})") from None
+    return fmt, int(w), int(h)
+
+
+def check_image_size(data: bytes | bytearray | memoryview, max_pixels: int = MAX_PIXELS, *,
+                     reduce: int = 1) -> tuple[str, int, int]:
+    """:func:`image_header`, refusing with :class:`LimitExceeded` an image whose header declares more
+    than ``max_pixels`` pixels or a side over :data:`MAX_IMAGE_SIDE`, and a TIFF whose tiles or strips
+    would need a larger buffer (decoders allocate a whole tile at once, however small the image),
+    before any pixel is decoded; :class:`InvalidInput` for a sliver no face fits in. ``reduce``: a
+    JPEG decoded at 1/reduce of its size (:func:`decode_image`) is held to ``max_pixels`` at that size
+    (other formats decode whole first)."""
+    fmt, w, h = image_header(data)
+    if w <= 0 or h <= 0:
+        raise ImageDecodeError(f"the image header declares an empty {w}x{h} image")
+    if min(w, h) < MIN_IMAGE_SIDE or max(w, h) > MAX_ASPECT * min(w, h):
+        raise InvalidInput(f"image is {w}x{h}: too thin to hold a face (each side needs at least {MIN_IMAGE_SIDE} "
+                           f"pixels and the longer side at most {MAX_ASPECT} times the shorter)")
+    r = reduce if fmt == "JPEG" else 1
+    if -(-w // r) * -(-h // r) > max_pixels:
+        raise LimitExceeded(f"image is {w}x{h} ({w * h:,} pixels); the limit is {max_pixels:,} pixels"
+                            + (f" at 1/{r} of its size" if r > 1 else ""))
+    if max(w, h) > MAX_IMAGE_SIDE:
+        raise LimitExceeded(f"image is {w}x{h}; a side may have at most {MAX_IMAGE_SIDE} pixels")
+    if fmt == "TIFF":
+        im = _header_reader(fmt)(io.BytesIO(data))
+        try:
+            tags = im.tag_v2
+            tw, th, rows = tags.get(322), tags.get(323), tags.get(278)
+        finally:
+            im.close()
+        if tw and th and int(tw) * int(th) > max_pixels:
+            raise LimitExceeded(f"TIFF tiles of {tw}x{th} pixels are over the limit of {max_pixels:,} pixels")
+        if rows and int(rows) < 2**32 - 1 and w * int(rows) > max_pixels:
+            raise LimitExceeded(f"TIFF strips of {w}x{rows} pixels are over the limit of {max_pixels:,} pixels")
+    return fmt, w, h
 
 
 def image_dimensions(data: bytes) -> tuple[int, int] | None:
-    """(width, height) read from a PNG or JPEG header without decoding pixels, else None."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
-        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    if data[:2] == b"\xff\xd8":
-        i = 2
-        while i + 9 < len(data):
-            if data[i] != 0xFF:
-                return None
-            marker, length = data[i + 1], int.from_bytes(data[i + 2:i + 4], "big")
-            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-                return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
-            i += 2 + length
-    return None
+    """(width, height) from an image header (PNG, JPEG, BMP, WebP, TIFF, AVIF), else None."""
+    try:
+        _, w, h = image_header(data)
+    except ImageDecodeError:
+        return None
+    return w, h
 
 
 def decode_image(data: bytes, max_pixels: int = MAX_PIXELS, *, reduce: int = 1) -> np.ndarray:
-    """Decode PNG/JPEG/... bytes to RGB uint8 (H,W,3), honouring EXIF orientation. Transparent
-    pixels (RGBA, grey+alpha, palette transparency) are composited over :data:`BACKGROUND`.
-    ``reduce`` 2, 4 or 8 decodes at 1/reduce of the size (JPEG does that while decoding)."""
+    """Decode PNG/JPEG/BMP/WebP/TIFF/AVIF bytes to RGB uint8 (H,W,3), honouring EXIF orientation.
+    Transparent pixels (RGBA, grey+alpha, palette transparency) are composited over :data:`BACKGROUND`.
+    ``reduce`` 2, 4 or 8 decodes at 1/reduce of the size (JPEG does that while decoding). The header
+    is checked first (:func:`check_image_size`): no decoder runs on a format outside
+    :data:`IMAGE_MAGIC` or on an image over ``max_pixels``."""
     if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
         raise ImageDecodeError("empty or non-binary image data")
-    dims = image_dimensions(bytes(data[:65536]))
-    if dims is not None and dims[0] * dims[1] > max_pixels:  # refuse decompression bombs before decoding
-        raise LimitExceeded(f"image is {dims[0]}x{dims[1]}; the limit is {max_pixels} pixels")
+    fmt, _, _ = check_image_size(data, max_pixels, reduce=reduce)  # refuse decompression bombs before decoding
     buf = np.frombuffer(data, dtype=np.uint8)
     flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
              8: cv2.IMREAD_REDUCED_COLOR_8}[reduce]
     img = cv2.imdecode(buf, flags)  # applies EXIF orientation
     if img is None:
-        raise ImageDecodeError("could not decode the image (not a PNG/JPEG/BMP/WebP/TIFF, or corrupt)")
+        raise ImageDecodeError("could not decode the image (not a PNG/JPEG/BMP/WebP/TIFF/AVIF, or corrupt)")
     if img.shape[0] * img.shape[1] > max_pixels:
         raise LimitExceeded(f"image is {img.shape[1]}x{img.shape[0]}; the limit is {max_pixels} pixels")
-    if bytes(data[:2]) != b"\xff\xd8":          # JPEG has no alpha; other formats may
+    if fmt != "JPEG":                           # JPEG has no alpha; other formats may
         img = _composite_alpha(buf, img, reduce)
     return np.ascontiguousarray(img[..., ::-1])
 
@@ -114,6 +204,10 @@ def load_image(path: str | Path, fit_pixels: int | None = FIT_PIXELS) -> np.ndar
     1/8 of its size (never at full size), so a 48 or 200 MP phone photo loads in bounded memory."""
     p = Path(path)
     try:
+        if p.exists() and not p.is_file():  # a device such as /dev/zero would never end
+            raise ImageDecodeError(f"cannot read image {p}: not a regular file (a folder, device or pipe)")
+        if p.exists() and p.stat().st_size > MAX_IMAGE_FILE_BYTES:
+            raise LimitExceeded(f"image {p} is {p.stat().st_size:,} bytes; the limit is {MAX_IMAGE_FILE_BYTES:,}")
         data = p.read_bytes()
     except OSError as e:
         raise ImageDecodeError(f"cannot read image {p}: {e.strerror or e}") from e
@@ -256,11 +350,54 @@ def list_images(folder: str | Path) -> list[Path]:
     return files
 
 
+VIDEO_CONTAINERS = ("MP4/MOV (ISO base media)", "AVI", "Matroska/WebM")
+_BMFF_FIRST_BOXES = (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot")
+
+
+def video_container(head: bytes) -> str | None:
+    """The container of a video from its first 12 bytes: ``"mp4"`` (ISO base media: MP4, MOV, M4V),
+    ``"avi"``, ``"mkv"`` (Matroska, WebM), or None for anything else. Only these are opened: the
+    demuxers of text formats (ffconcat, HLS/DASH playlists, image sequences) follow references to
+    other files or URLs, so a file is never handed to the video decoder on its name alone."""
+    if len(head) >= 8 and head[4:8] in _BMFF_FIRST_BOXES:
+        return "mp4"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "avi"
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return "mkv"
+    return None
+
+
+def check_video(head: bytes, label: str) -> str:
+    """:func:`video_container`, or :class:`ImageDecodeError` naming ``label`` (the user's clip)."""
+    kind = video_container(head)
+    if kind is None:
+        raise ImageDecodeError(f"the video {label} is not a video file this product reads: by its content it is "
+                               f"none of {', '.join(VIDEO_CONTAINERS)}",
+                               hint="convert it to MP4, or send the frames as images")
+    return kind
+
+
+@contextlib.contextmanager
+def private_video_file(data: bytes, label: str = "sent as bytes") -> Iterator[Path]:
+    """Video bytes (an upload) as a file for the decoder: the container is checked by content first
+    (:func:`check_video`), then the bytes are written into a new private (0700), empty folder under
+    a fixed name, removed afterwards. Nothing else is there for a demuxer to find."""
+    kind = check_video(bytes(data[:12]), label) if len(data) else "mp4"  # empty: reported as such when read
+    with tempfile.TemporaryDirectory(prefix="ffavatar-video-") as folder:
+        path = Path(folder) / f"clip.{kind}"
+        with open(path, "xb") as fh:
+            fh.write(data)
+        yield path
+
+
 def open_video(path: str | Path) -> cv2.VideoCapture:
     """A capture that returns frames upright: phone clips store frames sideways with a rotation in
     their metadata, and whether OpenCV applies it by default has changed between 4.x releases, so it
-    is asked for explicitly (``CAP_PROP_ORIENTATION_AUTO``, honoured by the FFmpeg backend)."""
-    cap = cv2.VideoCapture(str(path))
+    is asked for explicitly (``CAP_PROP_ORIENTATION_AUTO``, honoured by the FFmpeg backend). Only the
+    FFmpeg backend is used (never the image-sequence one, which reads a name as a pattern); callers
+    check the container first (:func:`check_video`)."""
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
     if cap.isOpened() and hasattr(cv2, "CAP_PROP_ORIENTATION_AUTO"):
         cap.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)
     return cap
@@ -311,13 +448,15 @@ def _video_problem(path: Path, label: str) -> str:
 
 
 def read_frames(source: str | Path | bytes | Sequence[str | Path], max_frames: int | None = None, *,
-                first: int = 0, name: str | None = None) -> Iterator[np.ndarray]:
+                first: int = 0, name: str | None = None, max_pixels: int = MAX_PIXELS) -> Iterator[np.ndarray]:
     """Frames (RGB uint8, upright) of a driver clip: a video file, video bytes, an image folder or a
     list of images; from frame ``first`` on (a video's earlier frames are skipped without being
     converted), at most ``max_frames``. ``name`` is what errors call a video (default: its file
-    name; give the user's file name when ``source`` is a temporary copy or bytes)."""
+    name; give the user's file name when ``source`` is a temporary copy or bytes). Videos must be
+    one of :data:`VIDEO_CONTAINERS` by content; frames over ``max_pixels`` are refused before decoding."""
     if isinstance(source, (bytes, bytearray)):
-        yield from _video_bytes(bytes(source), max_frames, name, first)
+        with private_video_file(bytes(source), name or "sent as bytes") as path:
+            yield from _video_file(path, max_frames, name or "sent as bytes", first, max_pixels)
         return
     if isinstance(source, (list, tuple)):
         paths: list[Path] = [Path(p) for p in source]
@@ -328,8 +467,10 @@ def read_frames(source: str | Path | bytes | Sequence[str | Path], max_frames: i
         elif p.suffix.lower() in IMAGE_SUFFIXES:
             paths = [p]
         elif p.is_file():
-            yield from _video_file(p, max_frames, name, first)
+            yield from _video_file(p, max_frames, name, first, max_pixels)
             return
+        elif p.exists():
+            raise InvalidInput(f"driver clip {p} is not a video file, an image file or a folder of images")
         else:
             raise InvalidInput(f"driver clip not found: {p}")
     for i, path in enumerate(paths[first:]):
@@ -338,12 +479,24 @@ def read_frames(source: str | Path | bytes | Sequence[str | Path], max_frames: i
         yield load_image(path)
 
 
-def _video_file(path: Path, max_frames: int | None, name: str | None = None, first: int = 0) -> Iterator[np.ndarray]:
+def _video_file(path: Path, max_frames: int | None, name: str | None = None, first: int = 0,
+                max_pixels: int = MAX_PIXELS) -> Iterator[np.ndarray]:
     label = name or path.name
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(12)
+    except OSError as e:
+        raise ImageDecodeError(f"cannot read the video {label}: {e.strerror or e}") from None
+    if head:  # an empty file is reported as such below
+        check_video(head, label)
     cap = open_video(path)
     if not cap.isOpened():
         cap.release()
         raise ImageDecodeError(_video_problem(path, label))
+    w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    if w * h > max_pixels:
+        cap.release()
+        raise LimitExceeded(f"the video {label} has {w}x{h} frames; the limit is {max_pixels:,} pixels per frame")
     n = skipped = 0
     declared = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
     try:
@@ -366,16 +519,6 @@ def _video_file(path: Path, max_frames: int | None, name: str | None = None, fir
         why = _video_problem(path, label)
         raise ImageDecodeError(why if "incomplete" in why or "empty" in why else
                                f"the video {label} has no decodable frames")
-
-
-def _video_bytes(data: bytes, max_frames: int | None, name: str | None = None, first: int = 0) -> Iterator[np.ndarray]:
-    fd, tmp = tempfile.mkstemp(suffix=".mp4", prefix="ffavatar-clip-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        yield from _video_file(Path(tmp), max_frames, name or "sent as bytes", first)
-    finally:
-        os.unlink(tmp)
 
 
 def write_video(path: str | Path, frames: Sequence[np.ndarray], fps: float = 25.0) -> Path:

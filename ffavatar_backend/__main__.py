@@ -53,6 +53,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-pixels", type=int, default=d.max_pixels, help="pixels per image (default %(default)s)")
     s.add_argument("--max-frames", type=int, default=d.max_frames,
                    help="driver frames per animate (default %(default)s)")
+    s.add_argument("--max-request-pixels", type=int, default=d.max_request_pixels,
+                   help="pixels of all portraits of one request together (default %(default)s)")
+    s.add_argument("--max-stream-mb", type=float, default=d.max_stream_bytes / 2**20,
+                   help="MiB of streamed frames one animate may hold waiting (default %(default)s)")
+    s.add_argument("--max-client-mb", type=float, default=d.max_client_bytes / 2**20,
+                   help="MiB of input (payloads + streamed frames) one connection's jobs may hold (default %(default)s)")
+    s.add_argument("--max-total-mb", type=float, default=d.max_total_bytes / 2**20,
+                   help="MiB of input all connections' jobs may hold together (default %(default)s)")
     s.add_argument("--slow-client-timeout", type=float, default=30.0,
                    help="seconds a client may leave its frames unread before its job is stopped (default %(default)s)")
     s.add_argument("--stream-idle-timeout", type=float, default=60.0,
@@ -86,7 +94,10 @@ def _serve(args: argparse.Namespace) -> int:
             raise FFAvatarError("--curve-secret and --curve-clients go together")
         curve = CurveServerKeys.load(args.curve_secret, args.curve_clients) if args.curve_secret else None
         limits = Limits(max_message_bytes=int(args.max_message_mb * 2**20), max_images=args.max_images,
-                        max_pixels=args.max_pixels, max_frames=args.max_frames, max_queue=args.max_queue)
+                        max_pixels=args.max_pixels, max_frames=args.max_frames, max_queue=args.max_queue,
+                        max_request_pixels=args.max_request_pixels, max_stream_bytes=int(args.max_stream_mb * 2**20),
+                        max_client_bytes=int(args.max_client_mb * 2**20),
+                        max_total_bytes=int(args.max_total_mb * 2**20))
         store = AvatarStore(args.store or default_store_dir())
         if args.engine == "synthetic":
             from .synthetic import SyntheticEngine

@@ -11,6 +11,13 @@ Two ways to use it:
 ``connect()`` alone proves nothing with ZeroMQ: a dead server is detected by a ``ping`` that gets no
 answer in time. After that the client reconnects with a fresh DEALER socket on its next request,
 and requests that were in flight on the old socket come back from ``poll`` as ``disconnected`` errors.
+
+A server restarted on the same address (killed, then started again before the client noticed) is
+detected by its ``instance`` id, which every immediate reply carries: requests the old process had
+acknowledged, and requests sent before the reply that revealed the new process but never
+acknowledged, end with ``disconnected`` ("the backend restarted"). A ``cancel`` that the server
+answers with ``cancelled: false`` while the job is still in flight here also ends the job here
+(the server answers a job's final event before such a reply, so the job is unknown to it).
 """
 
 from __future__ import annotations
@@ -105,6 +112,11 @@ class Client:
         self._queues: dict[str, deque[dict]] = {}  # events of requests a blocking call waits for
         self._alias: dict[str, str] = {}  # chunk request id → the job whose waiter gets its errors
         self._inflight: dict[str, str] = {}  # request id → op, until its final event
+        self._sent: dict[str, int] = {}  # request id → send sequence number (while in flight)
+        self._acked: dict[str, str] = {}  # request id → instance of the server that acknowledged it
+        self._cancels: dict[str, str] = {}  # cancel request id → the job it cancels
+        self._seq = itertools.count()
+        self.instance: str | None = None  # the server process last heard from (protocol INSTANCE)
         self._counter = itertools.count()
         self._prefix = secrets.token_hex(4)
         self.server_info: dict | None = None
@@ -139,6 +151,9 @@ class Client:
             ev = P.make_error(rid, P.E_DISCONNECTED, f"connection to {self.address} was reset while {op} ran")
             self._route(ev)
         self._inflight.clear()
+        self._sent.clear()
+        self._acked.clear()
+        self._cancels.clear()
         self.connect()
 
     def __enter__(self) -> Client:
@@ -168,6 +183,9 @@ class Client:
                                  "(not running, or not reading)", rid) from None
         if op != P.OP_ANIMATE_CHUNK:
             self._inflight[rid] = op
+            self._sent[rid] = next(self._seq)
+            if op == P.OP_CANCEL:
+                self._cancels[rid] = fields["job"]
         return rid
 
     def poll(self, timeout: float = 0.0, max_events: int = 256) -> list[dict]:
@@ -192,13 +210,42 @@ class Client:
     # ------------------------------------------------------------------------ receiving
     def _route(self, ev: dict) -> None:
         rid = ev.get("id")
+        instance = ev.get(P.INSTANCE)
+        if isinstance(rid, str) and rid in self._inflight and isinstance(instance, str):
+            self._heard_from(rid, instance)
         target = self._alias.get(rid, rid) if isinstance(rid, str) else None
+        if ev.get("event") == P.EV_RESULT and isinstance(rid, str) and self._inflight.get(rid) == P.OP_HELLO:
+            self.server_info = ev  # whoever sent the hello (hello() or submit): its limits apply from now on
         if ev.get("event") in P.FINAL_EVENTS and isinstance(rid, str):
             self._inflight.pop(rid, None)
+            self._sent.pop(rid, None)
+            self._acked.pop(rid, None)
         if target in self._queues:
             self._queues[target].append(ev)
         else:
             self._backlog.append(ev)
+        job = self._cancels.pop(rid, None) if isinstance(rid, str) and ev.get("event") in P.FINAL_EVENTS else None
+        if job is not None and ev.get("event") == P.EV_RESULT and ev.get("cancelled") is False and job in self._inflight:
+            self._route(P.make_error(job, P.E_CANCELLED, f"cancelled here: the backend at {self.address} does not "
+                                                         f"know job {job} ({ev.get('reason', 'no such job')})"))
+
+    def _heard_from(self, rid: str, instance: str) -> None:
+        """The server process ``instance`` answered request ``rid`` (at once: an acknowledgement).
+        When that is a new process, the requests the old one took, and those sent before ``rid`` that
+        nobody acknowledged, are lost: they end with ``disconnected``."""
+        self._acked[rid] = instance
+        old, self.instance = self.instance, instance
+        if old == instance:
+            return
+        seq = self._sent.get(rid, -1)
+        lost = [r for r in self._inflight if r != rid and (
+            (r in self._acked and self._acked[r] != instance) or (r not in self._acked and self._sent.get(r, 0) < seq))]
+        for r in lost:
+            why = (f"the backend at {self.address} restarted (server instance {old} is now {instance}); "
+                   f"the {self._inflight[r]} request {r} was lost with the old process") if old else (
+                   f"the backend at {self.address} never acknowledged the {self._inflight[r]} request {r} "
+                   "(it restarted, or the request was lost)")
+            self._route(P.make_error(r, P.E_DISCONNECTED, why))
 
     def _pump(self, timeout: float) -> bool:
         """Receive at most one message (waiting up to ``timeout`` s) and route it; False if none came."""
@@ -294,9 +341,7 @@ class Client:
     def hello(self, timeout: float | None = None) -> dict:
         """Negotiate the protocol version; returns server version, model, device and limits
         (also kept in ``server_info``, so requests over the size limit fail here, not on the wire)."""
-        ev = self.request(P.OP_HELLO, versions=list(P.SUPPORTED_VERSIONS), client=self.client_name, timeout=timeout)
-        self.server_info = ev
-        return ev
+        return self.request(P.OP_HELLO, versions=list(P.SUPPORTED_VERSIONS), client=self.client_name, timeout=timeout)
 
     def status(self) -> dict:
         return self.request(P.OP_STATUS)

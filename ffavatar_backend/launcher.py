@@ -23,11 +23,13 @@ class ServerProcess:
     """A running backend child process; ``endpoint`` is where it listens."""
 
     def __init__(self, args: Sequence[str] = (), *, python: str | None = None, timeout: float = 60.0,
-                 env: dict[str, str] | None = None, stderr=None):
+                 env: dict[str, str] | None = None, stderr=None, preexec_fn=None):
+        """``preexec_fn`` runs in the child before the backend starts (POSIX; e.g. resource limits)."""
         cmd = [python or sys.executable, "-m", "ffavatar_backend", "serve", *args]
         if not any(a == "--bind" or a.startswith("--bind=") for a in args):
             cmd += ["--bind", "tcp://127.0.0.1:*"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, env=env, text=True)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, env=env, text=True,
+                                     preexec_fn=preexec_fn)
         self.pid = self.proc.pid
         try:
             self.info = self._read_ready(timeout)

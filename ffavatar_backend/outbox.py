@@ -41,12 +41,16 @@ class Doorbell:
             pass
 
     def drain(self) -> None:
-        self._rung.clear()
+        """Empty the pipe, then re-arm. In this order a ring that comes while the pipe is read either
+        finds the flag still set (its message was queued before the loop's next flush) or writes a
+        new byte; clearing first could swallow that byte and leave the flag set forever: every later
+        ring would be skipped and the loop would only wake at its poll timeout."""
         try:
             while os.read(self.fd_read, 4096):
                 pass
         except (BlockingIOError, OSError):
             pass
+        self._rung.clear()
 
     def close(self) -> None:
         for fd in (self.fd_read, self._fd_write):

@@ -4,6 +4,9 @@ PURE module: imports only the standard library and msgpack, because it ships ins
 extension. Every request is one msgpack map ``{"v": 1, "id": str, "op": str, ...fields}`` in a
 single ZeroMQ frame; binary payloads (images, video, PLY, array data) are msgpack ``bin`` values
 inside that map. Every reply or event is ``{"v": 1, "id": <request id>, "event": <kind>, ...}``.
+Replies sent at once by the server's I/O loop (control results, the ``queued`` progress that
+acknowledges a work request, and errors found before queuing) also carry ``"instance"``: a random
+id of the server process, so a client notices a restarted server (see client.py).
 See docs/protocol.md for every message with examples.
 """
 
@@ -70,9 +73,10 @@ E_LIMIT = "limit"
 E_BUSY = "busy"
 E_CANCELLED = "cancelled"
 E_PROTOCOL = "protocol"
+E_STORAGE = "storage"
 ERROR_CODES = frozenset({E_INTERNAL, E_INVALID_INPUT, E_FLAME_FILE, E_UNSAFE_PICKLE, E_HEAD_MODEL_MISMATCH,
                          E_CHECKPOINT, E_IMAGE_DECODE, E_NO_FACE, E_NOT_FOUND, E_LIMIT, E_BUSY, E_CANCELLED,
-                         E_PROTOCOL})
+                         E_PROTOCOL, E_STORAGE})
 """Codes a server sends in ``error`` events."""
 
 # Client-side only (never on the wire): raised by client.py.
@@ -85,6 +89,11 @@ MAX_ID_LEN = 64
 MAX_NAME_LEN = 200
 MAX_DEPTH = 8
 MAX_STEPS = 10_000
+MAX_SIZE = 4096
+"""Largest rendered frame side in pixels (``size`` and Blender camera resolutions); equal to
+``ffavatar.render.camera.MAX_RENDER_SIZE`` (a test keeps them equal)."""
+INSTANCE = "instance"
+"""Reply field naming the server process (random hex, new at every start)."""
 
 
 class WireError(Exception):
@@ -103,11 +112,20 @@ class Limits:
     max_message_bytes: int = 256 * 1024 * 1024
     max_images: int = 32
     max_pixels: int = 40_000_000
+    """Pixels of one image or driver frame, checked from its header before it is decoded."""
+    max_request_pixels: int = 160_000_000
+    """Pixels of all portraits of one request together (decoded: 3 bytes each)."""
     max_frames: int = 100_000
     max_queue: int = 8
     max_chunk_frames: int = 256
     max_buffered_frames: int = 512
-    max_size: int = 4096
+    max_stream_bytes: int = 64 * 1024 * 1024
+    """Encoded frames one streamed animate may hold waiting to be animated."""
+    max_client_bytes: int = 512 * 1024 * 1024
+    """Input (request payloads + streamed frames) all active jobs of one connection may hold."""
+    max_total_bytes: int = 1024 * 1024 * 1024
+    """Input all active jobs of all connections may hold."""
+    max_size: int = MAX_SIZE
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -220,7 +238,7 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         "video": Field("bytes"),
         "frames": Field("bytes_list", limit="max_frames"),
         "stream": Field("bool", default=False),
-        "size": Field("int", default=512, lo=16, hi=4096),
+        "size": Field("int", default=512, lo=16, hi=MAX_SIZE),
         "format": Field("str", default="jpeg", choices=FORMATS),
         "quality": Field("int", default=90, lo=1, hi=100),
         "alpha": Field("bool", default=False),
@@ -350,11 +368,34 @@ def validate(msg: dict[str, Any], limits: Limits = Limits()) -> tuple[str, str, 
                                              f"'frames' (list of bytes) or 'stream': true; got {sources or 'none'}")
         if fields["size"] > limits.max_size:
             raise WireError(E_LIMIT, f"size {fields['size']} is over this server's limit of {limits.max_size}")
+        cams = fields["cameras"]
+        for i, cam in enumerate([cams] if isinstance(cams, dict) else cams or []):
+            w, h = camera_size(cam, f"cameras[{i}]")
+            if w > limits.max_size or h > limits.max_size:
+                raise WireError(E_LIMIT, f"cameras[{i}] renders {w}x{h} pixels (resolution_x/resolution_y at "
+                                         f"resolution_percentage); this server renders at most "
+                                         f"{limits.max_size}x{limits.max_size}")
         if fields["alpha"] and fields["format"] == "jpeg":
             raise WireError(E_INVALID_INPUT, "alpha needs format 'png' or 'raw' (JPEG has no alpha channel)")
     if op in (OP_RECONSTRUCT, OP_PERSONALIZE) and not fields["images"]:
         raise WireError(E_INVALID_INPUT, f"op {op!r} needs at least one image")
     return op, rid, fields
+
+
+def camera_size(cam: dict[str, Any], name: str = "camera") -> tuple[int, int]:
+    """Rendered (width, height) of a Blender camera map: ``resolution_x``/``resolution_y`` times
+    ``resolution_percentage`` (default 100) // 100, as Blender computes it. Raises :class:`WireError`
+    (``invalid_input``) for missing or non-integer values; the full camera is checked by the engine."""
+    values = []
+    for key, default in (("resolution_x", None), ("resolution_y", None), ("resolution_percentage", 100)):
+        v = cam.get(key, default)
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise WireError(E_INVALID_INPUT, f"{name}.{key} must be a positive integer, got {str(v)[:40]!r}")
+        values.append(v)
+    rx, ry, pct = values
+    return rx * pct // 100, ry * pct // 100
 
 
 def negotiate(versions: list[int] | None) -> int:

@@ -5,6 +5,9 @@
   allowed clients' public keys (checked by ``zmq.auth.ThreadAuthenticator``).
 * Loopback is reachable by every user of the machine; on a shared machine use keys there too, or an
   ``ipc://`` endpoint (its socket file is made owner-only).
+* Abstract ``ipc://@name`` sockets (Linux) have no file and no permissions: every local user can
+  connect. They are refused without CurveZMQ keys, like a network bind.
+* Refused CurveZMQ clients are logged (address, key, reason), at most 10 lines per 10 s.
 * Nothing from the wire is unpickled: messages are msgpack with no ext types (see protocol.py).
 """
 
@@ -14,11 +17,14 @@ import ipaddress
 import logging
 import os
 import shutil
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
 import zmq.auth
+import zmq.utils.z85
 from zmq.auth.thread import ThreadAuthenticator
 
 from ffavatar.errors import InvalidInput
@@ -44,8 +50,11 @@ def endpoint_host(endpoint: str) -> tuple[str, str]:
 
 
 def is_loopback(endpoint: str) -> bool:
-    """True for tcp on 127.0.0.0/8, ::1 or localhost, and for ipc:// and inproc:// (local by nature)."""
+    """True for tcp on 127.0.0.0/8, ::1 or localhost, for ipc:// socket files (local, made owner-only)
+    and inproc://. False for abstract ``ipc://@name`` sockets: any local user can reach them."""
     transport, host = endpoint_host(endpoint)
+    if transport == "ipc" and host.startswith("@"):
+        return False
     if transport in ("ipc", "inproc"):
         return True
     if transport != "tcp":
@@ -84,6 +93,12 @@ class CurveServerKeys:
 
 def check_bind(endpoint: str, keys: CurveServerKeys | None) -> None:
     """Refuse a network-reachable bind without keys (raises :class:`InsecureBind`)."""
+    if endpoint.startswith("ipc://@") and keys is None:
+        raise InsecureBind(
+            f"refusing to listen on the abstract socket {endpoint} without client authentication: it has no "
+            "file permissions, so every user of this machine could connect",
+            hint="use an ipc:///path socket file (made owner-only) or tcp://127.0.0.1:PORT, or pass "
+                 "--curve-secret and --curve-clients")
     if not is_loopback(endpoint) and keys is None:
         raise InsecureBind(
             f"refusing to listen on {endpoint} without encryption and client authentication",
@@ -91,11 +106,94 @@ def check_bind(endpoint: str, keys: CurveServerKeys | None) -> None:
                  "(create keys with: python -m ffavatar_backend keys DIR)")
 
 
-def secure_socket(ctx: zmq.Context, sock: zmq.Socket, keys: CurveServerKeys | None) -> ThreadAuthenticator | None:
+class RateLimitedLog:
+    """At most ``burst`` warnings per ``window`` seconds; the rest are counted and summed up later."""
+
+    def __init__(self, logger: logging.Logger, burst: int = 10, window: float = 10.0):
+        self.logger, self.burst, self.window = logger, burst, window
+        self._lock = threading.Lock()
+        self._start, self._count, self._hidden = 0.0, 0, 0
+
+    def warning(self, msg: str, *args) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._start > self.window:
+                self._summary()
+                self._start, self._count = now, 0
+            self._count += 1
+            if self._count > self.burst:
+                self._hidden += 1
+                return
+        self.logger.warning(msg, *args)
+
+    def flush(self, force: bool = False) -> None:
+        """Log the count of hidden lines once their window is over (or now, with ``force``)."""
+        if self._hidden and (force or time.monotonic() - self._start > self.window):
+            with self._lock:
+                self._summary()
+
+    def _summary(self) -> None:
+        if self._hidden:
+            self.logger.warning("... and %d more like it within %.0f s", self._hidden, self.window)
+            self._hidden = 0
+
+
+class LoggingAuthenticator(ThreadAuthenticator):
+    """pyzmq's ZAP authenticator, logging every refused client (pyzmq logs refusals at debug only)."""
+
+    def __init__(self, *args, refusals: RateLimitedLog, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.refusals = refusals
+        self._peer = ("?", "?")
+
+    async def handle_zap_message(self, msg: list[bytes]) -> None:
+        if len(msg) >= 6:
+            address = msg[3].decode("utf8", "replace")
+            key = zmq.utils.z85.encode(msg[6]).decode() if msg[5] == b"CURVE" and len(msg) > 6 and len(msg[6]) == 32 \
+                else msg[5].decode("utf8", "replace")
+            self._peer = (address, key)
+        await super().handle_zap_message(msg)
+
+    def _send_zap_reply(self, request_id, status_code, status_text, user_id="anonymous"):
+        if status_code != b"200":
+            self.refusals.warning("refused a CurveZMQ client from %s (key %s): %s", self._peer[0], self._peer[1],
+                                  status_text.decode("utf8", "replace"))
+        super()._send_zap_reply(request_id, status_code, status_text, user_id)
+
+
+HANDSHAKE_FAILURES = {"EVENT_HANDSHAKE_FAILED_NO_DETAIL": "no detail", "EVENT_HANDSHAKE_FAILED_PROTOCOL":
+                      "protocol mismatch (a client without CurveZMQ keys, or not a ZeroMQ client)"}
+"""Handshake failures that never reach the authenticator (its refusals are logged there)."""
+
+
+def handshake_monitor(sock: zmq.Socket) -> zmq.Socket:
+    """A monitor socket reporting ``sock``'s failed handshakes (read with :func:`log_handshake_event`)."""
+    events = 0
+    for name in HANDSHAKE_FAILURES:
+        events |= getattr(zmq, name, 0)
+    return sock.get_monitor_socket(events)
+
+
+def log_handshake_event(monitor: zmq.Socket, refusals: RateLimitedLog) -> None:
+    from zmq.utils.monitor import recv_monitor_message
+
+    try:
+        ev = recv_monitor_message(monitor, zmq.NOBLOCK)
+    except zmq.Again:
+        return
+    name = next((n for n in HANDSHAKE_FAILURES if getattr(zmq, n, None) == ev["event"]), str(ev["event"]))
+    refusals.warning("a connection to %s failed the CurveZMQ handshake: %s",
+                     ev.get("endpoint", b"").decode("utf8", "replace") if isinstance(ev.get("endpoint"), bytes)
+                     else ev.get("endpoint"), HANDSHAKE_FAILURES.get(name, name))
+
+
+def secure_socket(ctx: zmq.Context, sock: zmq.Socket, keys: CurveServerKeys | None,
+                  refusals: RateLimitedLog | None = None) -> ThreadAuthenticator | None:
     """Make ``sock`` a CurveZMQ server that admits only the clients in ``keys.clients_dir`` (before bind)."""
     if keys is None:
         return None
-    auth = ThreadAuthenticator(ctx, log=logging.getLogger("ffavatar_backend.auth"))
+    refusals = refusals or RateLimitedLog(log)
+    auth = LoggingAuthenticator(ctx, log=logging.getLogger("ffavatar_backend.auth"), refusals=refusals)
     auth.start()
     auth.configure_curve(domain="*", location=str(keys.clients_dir))
     sock.curve_secretkey = keys.secret

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,9 +25,10 @@ from ffavatar.errors import FFAvatarError, InvalidInput, NotFound
 
 from . import protocol as P
 from .engine import EngineHost
-from .jobs import QUEUED, FrameFeed, Job, JobRegistry
+from .jobs import QUEUED, ByteBudget, Job, JobRegistry, payload_bytes
 from .outbox import Doorbell, Outbox
-from .security import CurveServerKeys, check_bind, protect_ipc, secure_socket
+from .security import (CurveServerKeys, RateLimitedLog, check_bind, handshake_monitor, log_handshake_event,
+                       protect_ipc, secure_socket)
 from .store import AvatarStore
 from .worker import Worker, plain
 
@@ -45,7 +47,8 @@ class ServerConfig:
     slow_client_timeout: float = 30.0
     stream_idle_timeout: float = 60.0
     sndhwm: int = 32
-    rcvhwm: int = 64
+    rcvhwm: int = 8
+    """Messages ZeroMQ may queue per connection before it stops reading that connection (back-pressure)."""
     max_backlog_bytes: int = 64 << 20
 
 
@@ -75,13 +78,20 @@ class Server:
         self.sock.setsockopt(zmq.MAXMSGSIZE, self.limits.max_message_bytes)
         self.sock.setsockopt(zmq.SNDHWM, config.sndhwm)
         self.sock.setsockopt(zmq.RCVHWM, config.rcvhwm)
-        self.auth = secure_socket(self.ctx, self.sock, config.curve)
+        self.refusals = RateLimitedLog(logging.getLogger("ffavatar_backend.security"))  # refused keys
+        self.handshakes = RateLimitedLog(logging.getLogger("ffavatar_backend.security"))  # failed handshakes
+        self.auth = secure_socket(self.ctx, self.sock, config.curve, self.refusals)
+        self.monitor = handshake_monitor(self.sock) if config.curve is not None else None
         self.doorbell = Doorbell()
         self.outbox = Outbox(self.doorbell, max_backlog_bytes=config.max_backlog_bytes)
-        self.registry = JobRegistry(self.limits.max_queue)
+        self.registry = JobRegistry(self.limits.max_queue,
+                                    ByteBudget(self.limits.max_client_bytes, self.limits.max_total_bytes))
         self.worker = Worker(self.registry, self.outbox, host, store, self.limits,
                              slow_client_timeout=config.slow_client_timeout)
         self._stop = threading.Event()
+        self.instance = secrets.token_hex(8)
+        """Names this server process in the replies of the I/O loop: a client that sees it change knows
+        that the jobs the old process had acknowledged are gone."""
         self._rigs: dict[int | None, dict] = {}
         self.started = time.time()
         self.endpoint = ""
@@ -117,6 +127,8 @@ class Server:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self.doorbell.fd_read, zmq.POLLIN)
+        if self.monitor is not None:
+            poller.register(self.monitor, zmq.POLLIN)
         try:
             while not self._stop.is_set():
                 timeout = 2 if self.outbox.pending() else 1000
@@ -125,6 +137,10 @@ class Server:
                     self.doorbell.drain()
                 if ready.get(self.sock):
                     self._receive_batch()
+                if self.monitor is not None and ready.get(self.monitor):
+                    log_handshake_event(self.monitor, self.handshakes)
+                self.refusals.flush()
+                self.handshakes.flush()
                 self._flush()
         finally:
             self._shutdown()
@@ -132,10 +148,13 @@ class Server:
     def _receive_batch(self, max_messages: int = 256) -> None:
         for _ in range(max_messages):
             try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=True)
+                # zero-copy: msgpack reads the ZeroMQ buffer directly, so an upload exists twice
+                # (the message and its decoded bin values) while it is decoded, not three times
+                parts = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            self._on_message(frames)
+            self._on_message([parts[0].bytes, *(p.buffer for p in parts[1:])])
+            del parts
             if self.outbox.pending():
                 self._flush()
 
@@ -147,6 +166,9 @@ class Server:
             return
         for peer in gone:
             jobs = self.registry.cancel_peer(peer)
+            for job in jobs:
+                if job.state == QUEUED:  # free its input now, not when the worker reaches it
+                    self.registry.finish(job)
             if jobs:
                 log.info("client went away: cancelled %d job(s)", len(jobs))
 
@@ -158,6 +180,11 @@ class Server:
         while self.outbox.pending() and time.monotonic() < deadline:
             self._flush()
             time.sleep(0.005)
+        self.refusals.flush(force=True)
+        self.handshakes.flush(force=True)
+        if self.monitor is not None:
+            self.sock.disable_monitor()
+            self.monitor.close(linger=0)
         if self.auth is not None:
             self.auth.stop()
         self.sock.close(linger=0)
@@ -166,6 +193,9 @@ class Server:
 
     # ------------------------------------------------------------------------ replies
     def reply(self, peer: bytes, rid: str | None, event: str, **fields: Any) -> None:
+        """A reply of the I/O loop (control result, ``queued`` acknowledgement, early error): it names
+        this server :attr:`instance`."""
+        fields[P.INSTANCE] = self.instance
         self.outbox.put(peer, P.encode(P.make_event(rid, event, **fields)), droppable=True)
 
     def error(self, peer: bytes, rid: str | None, code: str, message: str, **fields: Any) -> None:
@@ -173,7 +203,8 @@ class Server:
         self.reply(peer, rid, P.EV_ERROR, code=code, message=message, **fields)
 
     # ------------------------------------------------------------------------ dispatch
-    def _on_message(self, frames: list[bytes]) -> None:
+    def _on_message(self, frames: list) -> None:
+        """``frames``: the peer's routing id (bytes), then the message frame(s) (buffers)."""
         self.stats["messages"] += 1
         peer = frames[0]
         if len(frames) != 2:
@@ -201,10 +232,10 @@ class Server:
             self.error(peer, rid, P.E_INTERNAL, f"internal error: {type(e).__name__}: {e}")
 
     def _submit(self, peer: bytes, rid: str, op: str, fields: dict) -> None:
-        job = Job(peer=peer, id=rid, op=op, fields=fields)
+        job = Job(peer=peer, id=rid, op=op, fields=fields, held=payload_bytes(fields))
         if op == P.OP_ANIMATE and fields["stream"]:
-            job.feed = FrameFeed(self.limits.max_buffered_frames, self.limits.max_frames,
-                                 self.config.stream_idle_timeout)
+            job.feed = self.registry.new_feed(job, self.limits.max_buffered_frames, self.limits.max_frames,
+                                              self.config.stream_idle_timeout, self.limits.max_stream_bytes)
         if "avatar" in fields:
             self.store.get(fields["avatar"])  # an unknown avatar fails now, not after the queue
         ahead = self.registry.queued_count() + (1 if self.registry.running else 0)
@@ -234,6 +265,7 @@ class Server:
                 "running": {"op": running.op, "fraction": running.fraction} if running else None,
                 "jobs": [{"id": j.id, "op": j.op, "state": j.state, "fraction": j.fraction}
                          for j in self.registry.jobs_of(peer)],
+                "input_bytes": self.registry.budget.held(peer),
                 "avatars": len(self.store), "uptime_s": round(time.time() - self.started, 3), "pid": os.getpid(),
                 "messages": self.stats["messages"], "errors": self.stats["errors"], "dropped": self.outbox.dropped}
 
@@ -242,9 +274,9 @@ class Server:
         if job is None:
             return {"job": fields["job"], "cancelled": False, "reason": "no such job from this connection "
                     "(finished already, or never submitted)"}
-        if job.state == QUEUED and self.registry.finish(job):
-            self.outbox.put(peer, P.encode(P.make_error(job.id, P.E_CANCELLED, f"job {job.id} was cancelled "
-                                                                               "before it started")))
+        if job.state == QUEUED:
+            self.registry.finish(job, lambda: self.outbox.put(peer, P.encode(P.make_error(
+                job.id, P.E_CANCELLED, f"job {job.id} was cancelled before it started"))))
         return {"job": job.id, "cancelled": True}
 
     def _list_avatars(self, peer: bytes, rid: str, fields: dict) -> dict:

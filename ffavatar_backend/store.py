@@ -1,14 +1,27 @@
-"""The avatar store: one ``<id>.ffa`` file per avatar, a ``<id>.json`` sidecar with its metadata,
-and ``index.json`` (a cache of the sidecars, rebuilt from the files when missing or corrupt).
+"""The avatar store: one ``<id>.ffa`` file per avatar and a ``<id>.json`` sidecar with its metadata.
+The files are the truth; ``index.json`` is a cache of the sidecars for people and tools, rebuilt
+from them every time the store opens and written on a best-effort basis.
 
-Every write is atomic: temp file in the store folder → fsync → rename → fsync the folder, so a
-process killed at any point leaves either the old avatar or the new one, never half of one. The
-``.ffa`` rename is the commit point; temp files left by a killed process are removed on open.
+Writing an avatar (create or replace), so that a kill at any instant leaves the old avatar or the
+new one, each with its own metadata, never a mix:
+
+1. ``save`` writes the avatar to a temp file in the store folder; it is fsynced and hashed (sha256);
+2. the new metadata, with that hash, goes to ``<id>.next.json`` (atomically: temp, fsync, rename);
+3. the temp file is renamed over ``<id>.ffa``: **the commit point**;
+4. ``<id>.next.json`` is renamed over ``<id>.json``; then the index is rewritten (a failure here is
+   logged, not reported: the avatar is stored, and the next start repairs the rest).
+
+On open: temp files are removed; a ``<id>.next.json`` whose hash matches ``<id>.ffa`` is promoted
+(the kill came after step 3), any other one is dropped; sidecars without an ``.ffa`` are removed;
+an ``.ffa`` without a readable sidecar gets a minimal entry. Deleting removes the ``.ffa`` first
+(its commit point), then the sidecar. Out-of-space and similar failures raise
+:class:`~ffavatar.errors.StorageError` (code ``storage``) and leave the store as it was.
 Ids are generated here (16 hex chars) and checked against a strict regex before any path is built.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -20,13 +33,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ffavatar.errors import InvalidInput, NotFound
+from ffavatar.errors import InvalidInput, NotFound, from_os_error
 
 log = logging.getLogger(__name__)
 
 AVATAR_ID_RE = re.compile(r"[0-9a-f]{16}")
 INDEX = "index.json"
 SUFFIX = ".ffa"
+NEXT = ".next.json"
 TMP_PREFIX = ".tmp-"
 INDEX_VERSION = 1
 
@@ -64,16 +78,28 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 class AvatarStore:
     """Thread-safe store of avatars under ``root`` (created 0700: avatars are personal data)."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root).expanduser().resolve()
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as e:
+            raise from_os_error(e, f"the avatar store {self.root}") from None
         self._lock = threading.RLock()
         self._entries: dict[str, dict[str, Any]] = {}
-        self._clean_temp_files()
-        self._load_index()
+        self.repaired: list[str] = []  # what opening had to fix (logged too)
+        self._recover()
+        self._write_index()
 
     # ------------------------------------------------------------------------------ paths
     def _file(self, avatar_id: str) -> Path:
@@ -82,47 +108,62 @@ class AvatarStore:
     def _sidecar(self, avatar_id: str) -> Path:
         return self.root / f"{check_id(avatar_id)}.json"
 
+    def _next(self, avatar_id: str) -> Path:
+        return self.root / f"{check_id(avatar_id)}{NEXT}"
+
     def _temp(self, suffix: str) -> Path:
         return self.root / f"{TMP_PREFIX}{secrets.token_hex(6)}{suffix}"
 
+    def _repair(self, message: str) -> None:
+        log.warning("avatar store %s: %s", self.root, message)
+        self.repaired.append(message)
+
     # ------------------------------------------------------------------------------ startup
-    def _clean_temp_files(self) -> None:
+    def _recover(self) -> None:
         for p in [*self.root.glob(f"{TMP_PREFIX}*"), *self.root.glob(".*.tmp")]:
-            log.warning("removing %s left by an interrupted write", p.name)
+            self._repair(f"removed {p.name}, left by an interrupted write")
             p.unlink(missing_ok=True)
-        for p in self.root.glob("*.json"):  # sidecars whose avatar never committed
-            stem = p.stem
-            if AVATAR_ID_RE.fullmatch(stem) and not (self.root / f"{stem}{SUFFIX}").exists():
-                log.warning("removing orphan metadata %s", p.name)
+        for p in self.root.glob(f"*{NEXT}"):  # metadata of a write that may or may not have committed
+            avatar_id = p.name[: -len(NEXT)]
+            if not AVATAR_ID_RE.fullmatch(avatar_id):
+                continue
+            ffa = self.root / f"{avatar_id}{SUFFIX}"
+            meta = self._read_json(p)
+            if meta is not None and ffa.exists() and meta.get("sha256") == sha256_file(ffa):
+                os.replace(p, self._sidecar(avatar_id))
+                self._repair(f"avatar {avatar_id}: finished a write interrupted after its commit")
+            else:
                 p.unlink(missing_ok=True)
-
-    def _load_index(self) -> None:
+                self._repair(f"avatar {avatar_id}: dropped the metadata of a write that never committed")
         files = {p.stem for p in self.root.glob(f"*{SUFFIX}") if AVATAR_ID_RE.fullmatch(p.stem)}
-        entries: dict[str, dict[str, Any]] = {}
-        try:
-            doc = json.loads((self.root / INDEX).read_text())
-            if doc.get("version") != INDEX_VERSION or not isinstance(doc.get("avatars"), dict):
-                raise ValueError("unknown index layout")
-            entries = {k: v for k, v in doc["avatars"].items() if k in files and isinstance(v, dict)}
-        except FileNotFoundError:
-            if files:
-                log.warning("index missing in %s; rebuilding it from %d avatar files", self.root, len(files))
-        except (ValueError, OSError, AttributeError) as e:
-            log.warning("index in %s is unreadable (%s); rebuilding it from the avatar files", self.root, e)
-        for avatar_id in files - set(entries):
-            entries[avatar_id] = self._entry_from_files(avatar_id)
-        self._entries = entries
-        self._write_index()
+        for p in self.root.glob("*.json"):  # sidecars whose avatar never committed, or was deleted
+            if AVATAR_ID_RE.fullmatch(p.stem) and p.stem not in files:
+                self._repair(f"removed orphan metadata {p.name}")
+                p.unlink(missing_ok=True)
+        cached = self._read_index()
+        for avatar_id in sorted(files):
+            meta = self._read_json(self._sidecar(avatar_id))
+            if meta is None or meta.get("id") != avatar_id:
+                st = self._file(avatar_id).stat()
+                meta = {"id": avatar_id, "name": "", "created": st.st_mtime, "updated": st.st_mtime}
+                self._repair(f"avatar {avatar_id}: metadata missing or unreadable; listed with what its file tells")
+            self._entries[avatar_id] = meta
+        if cached != self._entries and (cached or self._entries):
+            self._repair("index.json did not match the avatar files; rebuilt it from them")
 
-    def _entry_from_files(self, avatar_id: str) -> dict[str, Any]:
+    @staticmethod
+    def _read_json(path: Path) -> dict[str, Any] | None:
         try:
-            meta = json.loads(self._sidecar(avatar_id).read_text())
-            if isinstance(meta, dict) and meta.get("id") == avatar_id:
-                return meta
+            doc = json.loads(path.read_text())
         except (OSError, ValueError):
-            pass
-        st = self._file(avatar_id).stat()
-        return {"id": avatar_id, "name": "", "created": st.st_mtime, "updated": st.st_mtime}
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def _read_index(self) -> dict[str, Any] | None:
+        doc = self._read_json(self.root / INDEX)
+        if doc is None or doc.get("version") != INDEX_VERSION or not isinstance(doc.get("avatars"), dict):
+            return None
+        return doc["avatars"]
 
     # ------------------------------------------------------------------------------ writes
     def _write_atomic(self, final: Path, write: Callable[[Path], None]) -> None:
@@ -140,53 +181,78 @@ class AvatarStore:
     def _write_json(self, final: Path, doc: dict[str, Any]) -> None:
         self._write_atomic(final, lambda p: p.write_text(json.dumps(doc, indent=1, sort_keys=True)))
 
-    def _write_index(self) -> None:
-        self._write_json(self.root / INDEX, {"version": INDEX_VERSION, "avatars": self._entries})
-
-    def _commit(self, avatar_id: str, save: Callable[[Path], None], entry: dict[str, Any],
-                old: dict[str, Any] | None) -> None:
-        """Sidecar, then the .ffa (the commit point), then the index. If the .ffa write fails the
-        sidecar is put back as it was (a kill in between leaves an orphan sidecar, removed on open)."""
-        self._write_json(self._sidecar(avatar_id), entry)
+    def _write_index(self) -> bool:
+        """Best effort: the index is a cache of the sidecars (rebuilt on open); False when it failed."""
         try:
-            self._write_atomic(self._file(avatar_id), save)
-        except BaseException:
-            if old is None:
-                self._sidecar(avatar_id).unlink(missing_ok=True)
-            else:
-                self._write_json(self._sidecar(avatar_id), old)
+            self._write_json(self.root / INDEX, {"version": INDEX_VERSION, "avatars": self._entries})
+            return True
+        except OSError as e:
+            log.warning("could not update %s (%s); the avatars are stored, the index is rebuilt on the next start",
+                        self.root / INDEX, e)
+            return False
+
+    def _commit(self, avatar_id: str, save: Callable[[Path], None], entry: dict[str, Any]) -> dict[str, Any]:
+        """Steps 1–4 of the module docstring. Before the commit point every failure leaves the store
+        as it was (OSError → StorageError); after it nothing is reported as a failure."""
+        tmp, nxt = self._temp(SUFFIX), self._next(avatar_id)
+        try:
+            save(tmp)
+            os.chmod(tmp, 0o600)
+            fsync_file(tmp)
+            entry = {**entry, "sha256": sha256_file(tmp), "bytes": tmp.stat().st_size}
+            self._write_json(nxt, entry)
+            os.replace(tmp, self._file(avatar_id))  # the commit point
+        except BaseException as e:
+            tmp.unlink(missing_ok=True)
+            nxt.unlink(missing_ok=True)
+            if isinstance(e, OSError):
+                raise from_os_error(e, f"avatar {avatar_id} in the store {self.root}") from None
             raise
         self._entries[avatar_id] = entry
+        try:
+            fsync_dir(self.root)
+            os.replace(nxt, self._sidecar(avatar_id))
+            fsync_dir(self.root)
+        except OSError as e:
+            log.warning("avatar %s is stored; its metadata is finished on the next start (%s)", avatar_id, e)
         self._write_index()
+        return dict(entry)
 
     def create(self, save: Callable[[Path], None], **meta: Any) -> dict[str, Any]:
         """Store a new avatar: ``save(path)`` writes the .ffa to a temp path. Returns its entry."""
         with self._lock:
             avatar_id = secrets.token_hex(8)
-            while avatar_id in self._entries:
+            while avatar_id in self._entries or self._file(avatar_id).exists():
                 avatar_id = secrets.token_hex(8)
             now = time.time()
-            entry = {**meta, "id": avatar_id, "created": now, "updated": now}
-            self._commit(avatar_id, save, entry, None)
+            entry = self._commit(avatar_id, save, {**meta, "id": avatar_id, "created": now, "updated": now})
             log.info("stored avatar %s (%s)", avatar_id, meta.get("name") or "unnamed")
-            return dict(entry)
+            return entry
 
     def replace(self, avatar_id: str, save: Callable[[Path], None], **meta: Any) -> dict[str, Any]:
         """Atomically replace an avatar's file and merge ``meta`` into its entry."""
         with self._lock:
             old = self.get(avatar_id)
-            entry = {**old, **meta, "id": avatar_id, "updated": time.time()}
-            self._commit(avatar_id, save, entry, old)
-            return dict(entry)
+            return self._commit(avatar_id, save, {**old, **meta, "id": avatar_id, "updated": time.time()})
 
     def delete(self, avatar_id: str) -> None:
+        """Remove an avatar: its .ffa first (the commit point), then its metadata."""
         with self._lock:
             self.get(avatar_id)
-            self._entries.pop(avatar_id)
+            try:
+                self._file(avatar_id).unlink()
+                fsync_dir(self.root)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                raise from_os_error(e, f"avatar {avatar_id} in the store {self.root}") from None
+            self._entries.pop(avatar_id, None)
+            for p in (self._sidecar(avatar_id), self._next(avatar_id)):
+                try:
+                    p.unlink(missing_ok=True)
+                except OSError as e:  # an orphan sidecar is removed on the next start
+                    log.warning("avatar %s is deleted; could not remove %s (%s)", avatar_id, p.name, e)
             self._write_index()
-            self._file(avatar_id).unlink(missing_ok=True)
-            self._sidecar(avatar_id).unlink(missing_ok=True)
-            fsync_dir(self.root)
             log.info("deleted avatar %s", avatar_id)
 
     # ------------------------------------------------------------------------------ reads
@@ -226,3 +292,4 @@ class AvatarStore:
     def __contains__(self, avatar_id: object) -> bool:
         with self._lock:
             return isinstance(avatar_id, str) and avatar_id in self._entries
+

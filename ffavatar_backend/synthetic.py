@@ -17,7 +17,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ffavatar.errors import Cancelled, CheckpointError, HeadModelMismatch, InvalidInput
+from ffavatar.errors import Cancelled, CheckpointError, HeadModelMismatch, InvalidInput, LimitExceeded
+
+from . import protocol as P
 
 HEAD_MODEL_ID = "synthetic-1"
 N_EXPR = 10
@@ -55,13 +57,14 @@ def _check_camera(cam: dict) -> tuple[int, int]:
     if not (isinstance(m, list) and len(m) == 4 and all(isinstance(r, list) and len(r) == 4 for r in m)):
         raise InvalidInput("Blender camera dict needs matrix_world as 4x4 nested lists")
     try:
-        pct = int(cam.get("resolution_percentage", 100))
-        w, h = int(cam["resolution_x"]) * pct // 100, int(cam["resolution_y"]) * pct // 100
+        w, h = P.camera_size(cam)
         float(cam["lens"])
     except (KeyError, TypeError, ValueError) as e:
         raise InvalidInput(f"invalid Blender camera dict: {e}") from None
-    if not (0 < w <= 8192 and 0 < h <= 8192):
-        raise InvalidInput(f"camera render size {w}x{h} is out of range")
+    except P.WireError as e:
+        raise InvalidInput(e.message) from None
+    if w > P.MAX_SIZE or h > P.MAX_SIZE:
+        raise LimitExceeded(f"camera render size {w}x{h} is over {P.MAX_SIZE}x{P.MAX_SIZE}")
     return w, h
 
 

@@ -8,7 +8,6 @@ with the code of their :mod:`ffavatar.errors` class (``internal`` for anything u
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import threading
 import time
@@ -21,7 +20,7 @@ import cv2
 import numpy as np
 
 from ffavatar.errors import Cancelled, FFAvatarError, ImageDecodeError, LimitExceeded
-from ffavatar.images import decode_image, encode_image, read_frames, video_fps
+from ffavatar.images import check_image_size, decode_image, encode_image, private_video_file, read_frames, video_fps
 
 from . import protocol as P
 from .engine import Engine, EngineHost
@@ -102,13 +101,19 @@ class Worker(threading.Thread):
     def emit(self, job: Job, event: str, *, droppable: bool = False, **fields: Any) -> None:
         self.outbox.put(job.peer, P.encode(P.make_event(job.id, event, **fields)), droppable=droppable)
 
+    def emit_live(self, job: Job, event: str, **fields: Any) -> None:
+        """Queue a frame or track unless the job was cancelled (then raise Cancelled): atomic with the
+        cancel, so no frame follows the reply to a ``cancel``."""
+        data = P.encode(P.make_event(job.id, event, **fields))
+        job.unless_cancelled(lambda: self.outbox.put(job.peer, data))
+
     def finish(self, job: Job, **fields: Any) -> None:
-        if self.registry.finish(job):
-            self.emit(job, P.EV_RESULT, **fields)
+        data = P.encode(P.make_event(job.id, P.EV_RESULT, **fields))
+        self.registry.finish(job, lambda: self.outbox.put(job.peer, data))
 
     def fail(self, job: Job, code: str, message: str) -> None:
-        if self.registry.finish(job):
-            self.emit(job, P.EV_ERROR, code=code, message=message)
+        data = P.encode(P.make_error(job.id, code, message))
+        self.registry.finish(job, lambda: self.outbox.put(job.peer, data))
 
     def progress_callback(self, job: Job, lo: float = 0.0, hi: float = 1.0):
         """A ``progress(fraction, message)`` for the engine: scaled into [lo, hi], at most ~20 events/s."""
@@ -144,6 +149,18 @@ class Worker(threading.Thread):
                     raise
 
     def decode_images(self, job: Job, blobs: list[bytes]) -> list[np.ndarray]:
+        """Portraits → RGB arrays. Every header is read first: one image over ``max_pixels``, or all
+        of them together over ``max_request_pixels``, fail the job before anything is decoded."""
+        total = 0
+        for i, data in enumerate(blobs):
+            try:
+                _, w, h = check_image_size(data, self.limits.max_pixels)
+            except FFAvatarError as e:
+                raise type(e)(f"image {i}: {e}") from None
+            total += w * h
+        if total > self.limits.max_request_pixels:
+            raise LimitExceeded(f"the {len(blobs)} images have {total:,} pixels together; one request may have "
+                                f"at most {self.limits.max_request_pixels:,}", hint="send smaller or fewer portraits")
         out = []
         for i, data in enumerate(blobs):
             job.check_cancel()
@@ -211,21 +228,17 @@ class Worker(threading.Thread):
         f = job.fields
         max_frames = self.limits.max_frames
         if f["video"] is not None:
-            fd, name = tempfile.mkstemp(suffix=".mp4", prefix="ffavatar-driver-")
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(f["video"])
-                fps_out[0] = f["fps"] or video_fps(name)
-                # errors name the user's clip (video_name), never this temporary copy
-                label = repr(f["video_name"]) if f["video_name"] else "the driver video"
+            # errors name the user's clip (video_name), never the private copy the decoder reads
+            label = repr(f["video_name"]) if f["video_name"] else "sent as bytes"
+            with private_video_file(f["video"], label) as path:
+                fps_out[0] = f["fps"] or video_fps(path)
                 n = min(max_frames, f["count"]) if f["count"] else max_frames
-                for i, frame in enumerate(read_frames(name, max_frames=n + 1 if n == max_frames else n,
-                                                      first=f["first"], name=label)):
+                for i, frame in enumerate(read_frames(path, max_frames=n + 1 if n == max_frames else n,
+                                                      first=f["first"], name=label,
+                                                      max_pixels=self.limits.max_pixels)):
                     if i >= max_frames:
                         raise LimitExceeded(f"the driver video {label} has more than {max_frames} frames")
                     yield frame
-            finally:
-                os.unlink(name)
             return
         blobs = f["frames"] if f["frames"] is not None else job.feed.iterate(job.cancel_event)
         end = f["first"] + f["count"] if f["count"] else None
@@ -254,7 +267,7 @@ class Worker(threading.Thread):
             nonlocal batch, start
             if batch:
                 columns = {k: [p.get(k) for p in batch] for k in batch[0]}
-                self.emit(job, P.EV_TRACK, start=start, count=len(batch), fps=fps_out[0], params=columns)
+                self.emit_live(job, P.EV_TRACK, start=start, count=len(batch), fps=fps_out[0], params=columns)
                 start += len(batch)
                 batch = []
 
@@ -266,7 +279,7 @@ class Worker(threading.Thread):
                 params = plain(fr.params)
                 data, channels = encode_frame(fr.image, fr.alpha if f["alpha"] else None, f["format"], f["quality"])
                 h, w = fr.image.shape[:2]
-                self.emit(job, P.EV_FRAME, index=int(fr.index), format=f["format"], width=w, height=h,
+                self.emit_live(job, P.EV_FRAME, index=int(fr.index), format=f["format"], width=w, height=h,
                           channels=channels, image=data, params=params)
                 batch.append(params)
                 count += 1

@@ -30,9 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ffavatar.errors import InvalidInput
+from ffavatar.errors import InvalidInput, LimitExceeded
 
 SENSOR_FITS = ("AUTO", "HORIZONTAL", "VERTICAL")
+MAX_RENDER_SIZE = 4096
+"""Largest rendered image side in pixels, for every render path (API, CLI, backend, Blender cameras)."""
 
 # OpenCV camera axes expressed in Blender camera axes (and back: it is its own inverse).
 _FLIP_YZ = (1.0, -1.0, -1.0, 1.0)
@@ -108,6 +110,11 @@ class BlenderCameraParams:
         if self.width <= 0 or self.height <= 0:
             raise InvalidInput(
                 f"render size {self.width}x{self.height} is empty at {self.resolution_percentage}%"
+            )
+        if self.width > MAX_RENDER_SIZE or self.height > MAX_RENDER_SIZE:
+            raise LimitExceeded(
+                f"the camera renders {self.width}x{self.height} pixels ({self.resolution_x}x{self.resolution_y} at "
+                f"{self.resolution_percentage}%); the limit is {MAX_RENDER_SIZE}x{MAX_RENDER_SIZE}"
             )
 
     @property
