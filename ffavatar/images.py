@@ -34,9 +34,9 @@ FIT_PIXELS = 16_000_000
 becomes ~12 MP, plenty for a face crop of a few hundred pixels."""
 MAX_IMAGE_SIDE = 32_766
 """Longest accepted image side (OpenCV's warps and resizes need sides below 2**15 - 1)."""
-MIN_IMAGE_SIDE = 8
 MAX_ASPECT = 20
-"""Shortest side and largest aspect ratio of an accepted portrait or frame (no face fits thinner ones)."""
+"""Largest aspect ratio of an accepted portrait or frame: no face fits a thinner one, and OpenCV's
+detection downscale would shrink its short side to nothing."""
 MAX_IMAGE_FILE_BYTES = 512 * 2**20
 """Largest image file :func:`load_image` reads."""
 
@@ -106,9 +106,9 @@ def check_image_size(data: bytes | bytearray | memoryview, max_pixels: int = MAX
     fmt, w, h = image_header(data)
     if w <= 0 or h <= 0:
         raise ImageDecodeError(f"the image header declares an empty {w}x{h} image")
-    if min(w, h) < MIN_IMAGE_SIDE or max(w, h) > MAX_ASPECT * min(w, h):
-        raise InvalidInput(f"image is {w}x{h}: too thin to hold a face (each side needs at least {MIN_IMAGE_SIDE} "
-                           f"pixels and the longer side at most {MAX_ASPECT} times the shorter)")
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        raise InvalidInput(f"image is {w}x{h}: too thin to hold a face (the longer side may be at most "
+                           f"{MAX_ASPECT} times the shorter)")
     r = reduce if fmt == "JPEG" else 1
     if -(-w // r) * -(-h // r) > max_pixels:
         raise LimitExceeded(f"image is {w}x{h} ({w * h:,} pixels); the limit is {max_pixels:,} pixels"
