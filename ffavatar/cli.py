@@ -175,17 +175,14 @@ def cmd_animate(args: argparse.Namespace) -> int:
         orbit = Camera.orbit(args.orbit_frames, 0.65, 5.0, focal=1.8 * args.size, width=args.size,
                              height=args.size, device=rec.device)
     camera = (lambda i: orbit[i % len(orbit)]) if orbit is not None else None
-    frames, params = [], []
+    frames, params, faces = [], [], []
     for f in tqdm(avatar.animate(read_frames(src, args.max_frames), size=args.size, camera=camera, crop=args.crop),
                   desc="animate", unit="frame"):
         save_image(out / "frames" / f"{f.index:06d}.png", f.image)
         frames.append(f.image)
         params.append(f.params)
-    import numpy as np
-    track = FlameTrack(np.array([p["expression"] for p in params], np.float32), np.array([p["pose"] for p in params], np.float32),
-                       np.array([p["cam_rot"] for p in params], np.float32), np.array([p["cam_t"] for p in params], np.float32),
-                       np.array([p["focal"] for p in params], np.float32), fps, rec.expression_names)
-    track.save(out / "track.npz")
+        faces.append(f.face)
+    FlameTrack.from_params(params, fps, rec.expression_names, faces).save(out / "track.npz")
     write_video(out / "animation.mp4", frames, fps)
     print(f"wrote {len(frames)} frames to {out}/frames, {out}/track.npz, {out}/animation.mp4")
     return 0

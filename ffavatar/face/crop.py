@@ -189,6 +189,10 @@ class ClipFace:
     def crop(self, size: int, background=(255, 255, 255)) -> np.ndarray:
         return crop_image(self.frame, self.box, size, background)
 
+    def without_pixels(self) -> ClipFace:
+        """The same face with ``frame`` dropped (to keep per-frame results of long clips small)."""
+        return ClipFace(self.index, None, self.box, self.face, self.points, self.arkit, self.filled)
+
     def crop_points(self, size: int) -> np.ndarray | None:
         """Landmarks (478, 3) in the pixels of a ``size`` px crop, or None."""
         return None if self.points is None else self.box.to_crop(self.points, size)
