@@ -87,3 +87,35 @@ def test_from_video_stores_landmarks(tmp_path):
     assert 0.35 < nose[0] < 0.65 and 0.35 < nose[1] < 0.7 and chin[1] > nose[1]
     x, y = (nose * 64).astype(int)
     assert rgb[y, x].mean() < 0.97  # on the face, not the white background
+
+
+def test_every_webcam_frame_gets_a_face_a_crop_and_a_track(avatar):
+    from face_data import kphotoalbum_or_skip
+
+    frames = list(read_frames(kphotoalbum_or_skip() / "movie.avi"))
+    track = avatar.track(frames, fps=15)
+    assert len(track) == len(frames) == 68
+    assert track.arkit.shape == (68, 52) and not track.filled.any()
+    assert np.isfinite(track.expression).all() and np.isfinite(track.cam_t).all()
+    inside = (track.landmarks > 0) & (track.landmarks < 1)
+    assert inside.all()  # every frame's face sits inside its crop
+
+
+def test_person_crops_choose_the_same_man(tmp_path):
+    """bar55.jpg shows a woman (the landmarker's largest face) and the man of the other photos."""
+    from face_data import kphotoalbum_or_skip
+    from ffavatar.face.crop import person_crops
+    from ffavatar.face.identity import SAME_PERSON, FaceIdentity, identity_unavailable
+    from ffavatar.images import load_image
+
+    demo = kphotoalbum_or_skip()
+    landmarker_or_skip()
+    if identity_unavailable():
+        pytest.skip(f"identity similarity unavailable: {identity_unavailable()}")
+    crops = person_crops([load_image(demo / n) for n in ("jesper_2.jpg", "bar55.jpg", "bar55_2.jpg")], 96,
+                         identity=FaceIdentity())
+    assert crops[0].distance is None and all(c.distance < SAME_PERSON for c in crops[1:])
+    x0, _, x1, _ = crops[1].face.box
+    assert (x0 + x1) / 2 > 380  # the man stands right of the woman in bar55.jpg
+    for c in crops:  # composited over white outside the head matte: the corners are background
+        assert c.image.shape == (96, 96, 3) and (c.image[:4, :4] == 255).all()

@@ -311,6 +311,31 @@ class FaceCropper:
         return out
 
 
+def head_matte(points: np.ndarray, size: int, feather: float = 0.04) -> np.ndarray:
+    """A soft head mask (size, size) float32 in [0, 1] from landmarks (478, >=2) in crop pixels: an
+    ellipse from the chin to above the forehead (hair) and a little wider than the face, feathered
+    by ``feather`` x size. A heuristic matte for photos whose background the model cannot explain
+    (it renders its own plain background): composite the crop over that colour outside it."""
+    p = np.asarray(points, dtype=np.float64)[:, :2]
+    x0, x1 = p[:, 0].min(), p[:, 0].max()
+    top, chin = p[:, 1].min(), p[:, 1].max()
+    face_h = chin - top
+    top_hair = top - 0.45 * face_h
+    cx, cy = (x0 + x1) / 2, (chin + 0.05 * face_h + top_hair) / 2
+    ax, ay = 0.62 * (x1 - x0), 0.5 * (chin + 0.05 * face_h - top_hair)
+    m = np.zeros((size, size), np.float32)
+    cv2.ellipse(m, (int(round(cx * 4)), int(round(cy * 4))), (int(round(ax * 4)), int(round(ay * 4))), 0, 0, 360,
+                1.0, -1, lineType=cv2.LINE_AA, shift=2)
+    k = max(1, int(round(feather * size)))
+    return cv2.GaussianBlur(m, (0, 0), k)
+
+
+def composite(img: np.ndarray, matte: np.ndarray, background=(255, 255, 255)) -> np.ndarray:
+    """``img`` (H, W, 3) uint8 over a constant ``background`` through ``matte`` (H, W) in [0, 1]."""
+    a = np.clip(matte, 0, 1)[..., None]
+    return np.clip(img * a + np.asarray(background, np.float32) * (1 - a) + 0.5, 0, 255).astype(np.uint8)
+
+
 def crop_portrait(img: np.ndarray, size: int, *, finder: FaceFinder | None = None, name: str = "the image",
                   background=(255, 255, 255)) -> tuple[np.ndarray, Face]:
     """One portrait: the largest face's head crop (``size`` px) and the face. Raises NoFaceFound."""
@@ -319,3 +344,46 @@ def crop_portrait(img: np.ndarray, size: int, *, finder: FaceFinder | None = Non
     if face.source != "landmarker":
         log.info("%s: face found by %s", name, face.source)
     return crop_image(img, face_box(face), size, background), face
+
+
+@dataclass
+class PersonCrop:
+    """One photo's crop of the chosen person: ``image`` (size, size, 3) uint8 (composited over the
+    background through a head matte when asked), ``face``, ``points`` (478, 3) in crop pixels, and
+    ``distance``: identity distance to the reference (None for the reference or without identity)."""
+
+    image: np.ndarray
+    face: Face
+    points: np.ndarray | None
+    distance: float | None
+
+
+def person_crops(images: list[np.ndarray], size: int, *, finder: FaceFinder | None = None, identity=None,
+                 background=(255, 255, 255), matte: bool = True, names: list[str] | None = None) -> list[PersonCrop]:
+    """Head crops of one person across photos that may show others too.
+
+    The person is the largest face of the first photo; in the others, the face most similar to it
+    (``identity``: a :class:`~ffavatar.face.identity.FaceIdentity`), else each photo's largest face.
+    With ``matte`` the crops are composited over ``background`` through :func:`head_matte` (the
+    model renders a plain background and cannot explain a real one)."""
+    finder = finder or shared_finder()
+    names = names or [f"image {i}" for i in range(len(images))]
+    out: list[PersonCrop] = []
+    ref = None
+    for img, name in zip(images, names):
+        faces = finder.find(img, thorough=True)
+        if not faces:
+            raise NoFaceFound(f"no face found in {name}")
+        face, dist = faces[0], None
+        if identity is not None:
+            if ref is None:
+                ref = identity.descriptor(img, face)
+            else:
+                face, dist = identity.pick(img, faces, ref)
+        box = face_box(face)
+        crop = crop_image(img, box, size, background)
+        pts = None if face.points is None else box.to_crop(face.points, size)
+        if matte and pts is not None:
+            crop = composite(crop, head_matte(pts, size), background)
+        out.append(PersonCrop(crop, face, pts, dist))
+    return out
