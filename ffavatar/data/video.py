@@ -23,14 +23,13 @@ folder already holds an ``identity.json`` is skipped unless ``overwrite=True``.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import json
 
 import numpy as np
 
