@@ -72,7 +72,7 @@ def reconstruction(rec, demo: Path, steps: int, finder, ident, pictures: Path | 
     s = rec.image_size
     names = list(SOURCES) + [HELD_OUT]
     crops = person_crops([load_image(demo / n) for n in names], s, finder=finder, identity=ident,
-                         background=rec._pad_colour(), names=names)
+                         background=rec.background_uint8, names=names)
     srcs = [c.image for c in crops[:-1]]
     held, held_pts = crops[-1].image, crops[-1].points
     avatar = rec.reconstruct(srcs, crop="none")

@@ -269,13 +269,14 @@ class Reconstructor:
                 import cv2
                 sq = cv2.resize(img, (s, s), interpolation=cv2.INTER_AREA)
             elif crop == "detect":  # the face landmarker (OpenCV's detector as a logged fallback)
-                sq = face_crop(img, s, name=f"image {i}", background=self._pad_colour())[0]
+                sq = face_crop(img, s, name=f"image {i}", background=self.background_uint8)[0]
             else:
                 sq = crop_portrait(img, s, detect=False)
             out.append(torch.from_numpy(sq).permute(2, 0, 1).float() / 255.0)
         return torch.stack(out).to(self.device)
 
-    def _pad_colour(self) -> tuple[int, int, int]:
+    @property
+    def background_uint8(self) -> tuple[int, int, int]:
         """The model's background as uint8 RGB: crops that reach past the image are padded with it."""
         return tuple(int(v) for v in to_uint8(self.background.float().cpu().numpy()))
 
@@ -417,7 +418,7 @@ class Avatar:
                 if cf.filled:
                     held.append(cf)
                     continue
-                x = rec.prepare([cf.crop(rec.image_size, rec._pad_colour())], "none")
+                x = rec.prepare([cf.crop(rec.image_size, rec.background_uint8)], "none")
                 with torch.no_grad():
                     est = self.pipeline.net.estimate(x)
                 for h in held:  # their parameters: interpolated between the faces around them

@@ -156,7 +156,7 @@ def run(out: Path, blender_python: Path | None = None, extension_zip: Path | Non
 REAL_SOURCES = ("jesper.jpg", "jesper_2.jpg", "bar55_2.jpg", "bar55.jpg")
 
 
-def real_inputs(out: Path, size: int) -> tuple[list[Path], Path, dict]:
+def real_inputs(out: Path, size: int, background=(255, 255, 255)) -> tuple[list[Path], Path, dict]:
     """kphotoalbum's demo (fetched and cached): head crops of its one man from four photos (chosen
     by identity where dlib's descriptor is installed) and the webcam clip ``movie.avi``."""
     from .face.crop import person_crops
@@ -169,7 +169,7 @@ def real_inputs(out: Path, size: int) -> tuple[list[Path], Path, dict]:
     if why:
         log.warning("identity similarity unavailable (%s): the largest face of each photo is used", why)
     crops = person_crops([load_image(demo / n) for n in REAL_SOURCES], size, identity=None if why else FaceIdentity(),
-                         names=list(REAL_SOURCES))
+                         background=background, names=list(REAL_SOURCES))
     paths = [save_image(out / f"portrait_{i}.png", c.image) for i, c in enumerate(crops)]
     info = {"photos": list(REAL_SOURCES), "identity": why or "dlib ResNet descriptor",
             "identity_distance": [None if c.distance is None else round(c.distance, 3) for c in crops],
@@ -222,8 +222,8 @@ def run_real(out: Path, blender_python: Path | None = None, extension_zip: Path 
     t0 = time.perf_counter()
     from .api import Reconstructor
 
-    crop_size = Reconstructor.from_checkpoint(None, device=device).image_size
-    portraits, driver, info = real_inputs(out / "inputs", crop_size)
+    rec = Reconstructor.from_checkpoint(None, device=device)
+    portraits, driver, info = real_inputs(out / "inputs", rec.image_size, rec.background_uint8)
     summary: dict = {"inputs": {**info, "portraits": [str(p) for p in portraits], "driver": str(driver)}}
     summary["python"] = python_side_real(out, portraits, driver, size, steps, device)
     try:
