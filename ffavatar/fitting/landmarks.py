@@ -354,15 +354,18 @@ def _fit(landmarks, flame: FlameModel, width: int, height: int, init: EstimatedF
 
 
 def fit_track(landmarks: np.ndarray, init, flame: FlameModel, size: int, *, shape: Tensor | None = None,
-              config: FitConfig | None = None):
+              config: FitConfig | None = None, landmark_indices: np.ndarray | None = None):
     """Refine a :class:`~ffavatar.api.FlameTrack` on landmarks: ``(T, 478, 2)`` in pixels of the
-    ``size`` px estimator crop (``track.landmarks * size``). Returns ``(FlameTrack, LandmarkFit)``:
-    the fitted track keeps the input's fps, names and landmarker data."""
+    ``size`` px estimator crop (``track.landmarks * size``). ``landmark_indices``: the head dict's
+    ``landmark_indices`` when its embedding is FLAME's MediaPipe one (``load_head_model(...)``).
+    Returns ``(FlameTrack, LandmarkFit)``: the fitted track keeps the input's fps, names and
+    landmarker data."""
     from ..api import FlameTrack
 
     est = init.estimates(flame.v_template.device)
     valid = None if init.filled is None else ~np.asarray(init.filled, bool)
-    res = fit_flame(landmarks, flame, size, size, init=est, shape=shape, valid=valid, config=config)
+    corr = Correspondence.for_head(flame, landmark_indices)
+    res = fit_flame(landmarks, flame, size, size, init=est, shape=shape, valid=valid, correspondence=corr, config=config)
     e = res.estimates
     n = lambda x: x.detach().float().cpu().numpy()  # noqa: E731
     out = FlameTrack(n(e.expr), n(e.pose), n(e.cam_rot), n(e.cam_t), n(e.focal), init.fps, list(init.expression_names),
