@@ -108,7 +108,7 @@ class Fidelity:
     def meets_goals(self) -> dict[str, bool | None]:
         out: dict[str, bool | None] = {k: (None if getattr(self, k) is None else getattr(self, k) >= g)
                                        for k, g in GOALS.items()}
-        out["blinks"] = self.blinks_ok
+        out["blinks"] = None if "blinks" in self.notes else self.blinks_ok
         return out
 
     def to_dict(self) -> dict:
