@@ -41,9 +41,9 @@ demo: install extension .venv-blender-5.2/.installed
 	  --extension "$$(ls -t dist/ffavatar-*-$(EXT_PLATFORM).zip | head -1)"
 
 # the real job: kphotoalbum's photos and webcam clip (apt-get download, cached) -> .blend, video, pictures
-demo-real: install extension .venv-blender-5.0/.installed
+demo-real: install extension .venv-blender-5.2/.installed
 	$(BIN)/python -m pip install -q -e '.[identity]' || echo "identity similarity unavailable: largest faces are used"
-	$(BIN)/ffavatar demo-real -o out/demo-real --blender-python .venv-blender-5.0/bin/python \
+	$(BIN)/ffavatar demo-real -o out/demo-real --blender-python .venv-blender-5.2/bin/python \
 	  --extension "$$(ls -t dist/ffavatar-*-$(EXT_PLATFORM).zip | head -1)"
 
 # CPU benchmarks (JSON in bench/results/); bench-blender (mk/blender.mk) measures the add-on side.

@@ -156,20 +156,20 @@ def run(out: Path, blender_python: Path | None = None, extension_zip: Path | Non
 REAL_SOURCES = ("jesper.jpg", "jesper_2.jpg", "bar55_2.jpg", "bar55.jpg")
 
 
-def real_inputs(out: Path, size: int, background=(255, 255, 255)) -> tuple[list[Path], Path, dict]:
+def real_inputs(out: Path, size: int, background=None) -> tuple[list[Path], Path, dict]:
     """kphotoalbum's demo (fetched and cached): head crops of its one man from four photos (chosen
     by identity where dlib's descriptor is installed) and the webcam clip ``movie.avi``."""
     from .face.crop import person_crops
     from .face.identity import FaceIdentity, identity_unavailable
     from .face.samples import kphotoalbum_demo
-    from .images import load_image, save_image
+    from .images import BACKGROUND, load_image, save_image
 
     demo = kphotoalbum_demo()
     why = identity_unavailable()
     if why:
         log.warning("identity similarity unavailable (%s): the largest face of each photo is used", why)
     crops = person_crops([load_image(demo / n) for n in REAL_SOURCES], size, identity=None if why else FaceIdentity(),
-                         background=background, names=list(REAL_SOURCES))
+                         background=BACKGROUND if background is None else background, names=list(REAL_SOURCES))
     paths = [save_image(out / f"portrait_{i}.png", c.image) for i, c in enumerate(crops)]
     info = {"photos": list(REAL_SOURCES), "identity": why or "dlib ResNet descriptor",
             "identity_distance": [None if c.distance is None else round(c.distance, 3) for c in crops],

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from ..errors import InvalidInput, NoFaceFound
+from ..images import BACKGROUND
 from .landmarker import Face, FaceFinder, shared_finder
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ def face_box(face: Face) -> CropBox:
     return CropBox(x0 + w / 2, y0 + HAAR_CENTER_Y * h, HAAR_MARGIN * max(w, h))
 
 
-def crop_image(img: np.ndarray, box: CropBox, size: int, background=(255, 255, 255)) -> np.ndarray:
+def crop_image(img: np.ndarray, box: CropBox, size: int, background=BACKGROUND) -> np.ndarray:
     """Cut ``box`` out of RGB uint8 ``img`` as a ``size`` x ``size`` image (sub-pixel exact).
 
     Parts of the box outside the image are filled with the constant ``background`` colour (never
@@ -186,7 +187,7 @@ class ClipFace:
     arkit: np.ndarray | None
     filled: bool
 
-    def crop(self, size: int, background=(255, 255, 255)) -> np.ndarray:
+    def crop(self, size: int, background=BACKGROUND) -> np.ndarray:
         return crop_image(self.frame, self.box, size, background)
 
     def without_pixels(self) -> ClipFace:
@@ -330,14 +331,14 @@ def head_matte(points: np.ndarray, size: int, feather: float = 0.04) -> np.ndarr
     return cv2.GaussianBlur(m, (0, 0), k)
 
 
-def composite(img: np.ndarray, matte: np.ndarray, background=(255, 255, 255)) -> np.ndarray:
+def composite(img: np.ndarray, matte: np.ndarray, background=BACKGROUND) -> np.ndarray:
     """``img`` (H, W, 3) uint8 over a constant ``background`` through ``matte`` (H, W) in [0, 1]."""
     a = np.clip(matte, 0, 1)[..., None]
     return np.clip(img * a + np.asarray(background, np.float32) * (1 - a) + 0.5, 0, 255).astype(np.uint8)
 
 
 def crop_portrait(img: np.ndarray, size: int, *, finder: FaceFinder | None = None, name: str = "the image",
-                  background=(255, 255, 255)) -> tuple[np.ndarray, Face]:
+                  background=BACKGROUND) -> tuple[np.ndarray, Face]:
     """One portrait: the largest face's head crop (``size`` px) and the face. Raises NoFaceFound."""
     finder = finder or shared_finder()
     face = finder.find_one(img, name, thorough=True)
@@ -359,7 +360,7 @@ class PersonCrop:
 
 
 def person_crops(images: list[np.ndarray], size: int, *, finder: FaceFinder | None = None, identity=None,
-                 background=(255, 255, 255), matte: bool = True, names: list[str] | None = None) -> list[PersonCrop]:
+                 background=BACKGROUND, matte: bool = True, names: list[str] | None = None) -> list[PersonCrop]:
     """Head crops of one person across photos that may show others too.
 
     The person is the largest face of the first photo; in the others, the face most similar to it
