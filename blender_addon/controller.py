@@ -592,7 +592,12 @@ def load_track_file(path: str | Path):
         if meta.get("format") != "ffavatar-track":
             raise ValueError(f"{path} is not an FFAvatar track (format {meta.get('format')!r})")
         expr = np.asarray(z["expression"], dtype=np.float64)
-        return Track(expression=expr, pose=np.asarray(z["pose"], dtype=np.float64),
+        arkit, arkit_names = None, []
+        if "arkit" in z.files and meta.get("arkit_names"):  # scored by the face landmarker
+            keep = [k for k, n in enumerate(meta["arkit_names"]) if n not in set(meta.get("arkit_unmeasured", []))]
+            arkit = np.asarray(z["arkit"], dtype=np.float64)[:, keep]
+            arkit_names = [meta["arkit_names"][k] for k in keep]
+        return Track(arkit=arkit, arkit_names=arkit_names, expression=expr, pose=np.asarray(z["pose"], dtype=np.float64),
                      cam_rot=np.asarray(z["cam_rot"], dtype=np.float64), cam_t=np.asarray(z["cam_t"], dtype=np.float64),
                      focal=np.asarray(z["focal"], dtype=np.float64).reshape(-1),
                      indices=np.arange(expr.shape[0]), fps=float(meta.get("fps", 25.0)),

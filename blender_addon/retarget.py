@@ -18,6 +18,11 @@ subject's left; z = roll). A shape key's value is ``clamp(offset + sum(weight * 
 (no clamp where ``min``/``max`` are absent). ``{"all_expressions": true}`` maps every expression
 to the shape key of the same name with weight 1 (the FLAME rig itself).
 
+ARKit scores: with ``"arkit_scores": true`` at the top level, a track that carries the face
+landmarker's ARKit-52 scores keys every target shape key whose name matches a scored ARKit name
+straight from the score (clamped to 0..1); that entry's FLAME sources are then not used. Names the
+track does not score (``tongueOut``) and tracks without scores fall back to the entries' sources.
+
 Bones: the FLAME joint's rotation vector, with components re-ordered/negated by ``axes`` (output
 component i = the signed FLAME component named by ``axes[i]``) and multiplied by ``scale``, is
 either a world-space rotation (``"space": "world"``, the default: FLAME's head frame is mapped to
@@ -159,13 +164,14 @@ def _source_values(src: dict, expression: np.ndarray, pose: np.ndarray, expr_nam
 
 def evaluate(mapping: dict, expression: np.ndarray, pose: np.ndarray, expression_names: list[str],
              joint_names: list[str], shape_keys: list[str] | None = None,
-             bones: dict[str, np.ndarray] | None = None) -> Retargeted:
+             bones: dict[str, np.ndarray] | None = None, arkit: dict[str, np.ndarray] | None = None) -> Retargeted:
     """Apply a map to a track.
 
     expression ``(T,E)``, pose ``(T,J,3)`` (axis-angle, FLAME head frame); ``shape_keys``: the
     target's shape-key names (None: no shape keys); ``bones``: the target's bones ``{name: rest basis
-    (3,3)}`` in Blender world (armature rotation @ bone.matrix_local rotation). Entries whose target
-    or sources are missing are listed in ``skipped`` rather than failing.
+    (3,3)}`` in Blender world (armature rotation @ bone.matrix_local rotation); ``arkit``: the
+    track's ARKit scores ``{name: (T,)}`` (used by maps with ``"arkit_scores": true``). Entries whose
+    target or sources are missing are listed in ``skipped`` rather than failing.
     """
     expression = np.asarray(expression, dtype=np.float64)
     pose = np.asarray(pose, dtype=np.float64)
@@ -176,6 +182,13 @@ def evaluate(mapping: dict, expression: np.ndarray, pose: np.ndarray, expression
     joints = list(joint_names)
     out = Retargeted()
     keys = list(shape_keys or [])
+    scored: set[str] = set()
+    if mapping.get("arkit_scores") and arkit and keys:
+        for name, v in arkit.items():
+            hit = match(name, keys)
+            if hit is not None and hit not in scored:
+                out.shape_keys[hit] = np.clip(np.asarray(v, dtype=np.float64), 0.0, 1.0)
+                scored.add(hit)
     for e in mapping.get("shape_keys", []):
         if e.get("all_expressions"):
             for k, n in enumerate(names):
@@ -188,6 +201,8 @@ def evaluate(mapping: dict, expression: np.ndarray, pose: np.ndarray, expression
         hit = match(e["target"], keys) if keys else None
         if hit is None:
             out.skipped.append(f"shape key {e['target']!r}: not on the target")
+            continue
+        if hit in scored:
             continue
         value = np.full(t, float(e.get("offset", 0.0)))
         used = 0

@@ -167,6 +167,9 @@ def store_track(arm_obj: bpy.types.Object, track, frame_start: int) -> None:
         "cam_t": track.cam_t.ravel().tolist(), "focal": track.focal.ravel().tolist(),
         "expression_names": list(track.expression_names), "joint_names": list(track.joint_names),
     }
+    if track.arkit is not None:
+        arm_obj[TRACK_PROP]["arkit"] = track.arkit.ravel().tolist()
+        arm_obj[TRACK_PROP]["arkit_names"] = list(track.arkit_names)
 
 
 def load_track(arm_obj: bpy.types.Object):
@@ -183,4 +186,7 @@ def load_track(arm_obj: bpy.types.Object):
                   indices=np.array(d["indices"], dtype=np.int64), fps=float(d["fps"]),
                   expression_names=[str(s) for s in d["expression_names"]],
                   joint_names=[str(s) for s in d["joint_names"]])
+    if "arkit" in d and "arkit_names" in d:
+        track.arkit_names = [str(s) for s in d["arkit_names"]]
+        track.arkit = arr("arkit").reshape(t, len(track.arkit_names))
     return track, int(d["frame_start"])

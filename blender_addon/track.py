@@ -16,7 +16,8 @@ from .rigdata import JOINT_NAMES
 @dataclass
 class Track:
     """A FLAME track: ``expression (T,E)``, ``pose (T,J,3)``, ``cam_rot (T,3)``, ``cam_t (T,3)``,
-    ``focal (T,)``; ``indices (T,)`` are the driver frame numbers (0-based) the rows belong to."""
+    ``focal (T,)``; ``indices (T,)`` are the driver frame numbers (0-based) the rows belong to;
+    ``arkit (T,K)`` with ``arkit_names (K)``: the face landmarker's ARKit scores, when measured."""
 
     expression: np.ndarray
     pose: np.ndarray
@@ -27,9 +28,17 @@ class Track:
     fps: float = 25.0
     expression_names: list[str] = field(default_factory=list)
     joint_names: list[str] = field(default_factory=lambda: list(JOINT_NAMES))
+    arkit: np.ndarray | None = None
+    arkit_names: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.expression.shape[0])
+
+    def arkit_scores(self) -> dict[str, np.ndarray] | None:
+        """``{ARKit name: (T,)}`` or None when the track carries no scores."""
+        if self.arkit is None or not self.arkit_names:
+            return None
+        return {n: self.arkit[:, k] for k, n in enumerate(self.arkit_names)}
 
 
 class TrackBuffer:
@@ -70,9 +79,14 @@ class TrackBuffer:
 
         names = list(expression_names or [])[: expr.shape[1]]
         names += [f"expr_{i:03d}" for i in range(len(names), expr.shape[1])]
+        arkit, arkit_names = None, []
+        if all(isinstance(r.get("arkit"), dict) and r["arkit"] for r in rows):  # scored by the landmarker
+            arkit_names = list(rows[0]["arkit"])
+            arkit = np.array([[float(r["arkit"].get(n, 0.0)) for n in arkit_names] for r in rows], dtype=np.float64)
         return Track(expression=expr, pose=pose, cam_rot=col("cam_rot", (3,)), cam_t=col("cam_t", (3,)),
                      focal=col("focal", ()), indices=np.array(idx, dtype=np.int64), fps=float(fps),
-                     expression_names=names, joint_names=list(joint_names or JOINT_NAMES)[: pose.shape[1]])
+                     expression_names=names, joint_names=list(joint_names or JOINT_NAMES)[: pose.shape[1]],
+                     arkit=arkit, arkit_names=arkit_names)
 
 
 def contiguous_runs(indices: np.ndarray) -> list[tuple[int, int]]:

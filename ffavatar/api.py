@@ -26,6 +26,7 @@ from .errors import Cancelled, CheckpointError, InvalidInput, LimitExceeded
 from .eval.metrics import psnr
 from .flame import JOINT_NAMES, head_model_id, load_head_model
 from .gaussians import Gaussians
+from .face.crop import crop_portrait as face_crop
 from .images import BACKGROUND, crop_portrait, to_uint8
 from .model.config import ModelConfig
 from .model.flame_estimator import EstimatedFlame
@@ -63,6 +64,15 @@ def _report(progress: Progress, fraction: float, message: str) -> None:
         progress(float(min(max(fraction, 0.0), 1.0)), message)
 
 
+def _blend(a: EstimatedFlame | None, b: EstimatedFlame, w: float) -> EstimatedFlame:
+    """``(1 - w) a + w b`` in every parameter (``b`` itself when ``a`` is None): for frames without a
+    face between two frames with one."""
+    if a is None:
+        return b
+    return EstimatedFlame(**{k: torch.lerp(getattr(a, k), getattr(b, k), float(w))
+                             for k in ("expr", "pose", "cam_rot", "cam_t", "focal")})
+
+
 def _psnr(rendered: torch.Tensor, target: torch.Tensor) -> float:
     """Mean PSNR (dB) of renders (V,H,W,3) against targets (V,H,W,3)."""
     return float(psnr(rendered.permute(0, 3, 1, 2), target.permute(0, 3, 1, 2)).mean())
@@ -72,7 +82,13 @@ def _psnr(rendered: torch.Tensor, target: torch.Tensor) -> float:
 @dataclass
 class FlameTrack:
     """Per-frame FLAME parameters: expression (T,E), pose (T,5,3) axis-angle (root, neck, jaw, eye_L,
-    eye_R), camera rotation (T,3) axis-angle, translation (T,3), focal (T,) as a multiple of the width."""
+    eye_R), camera rotation (T,3) axis-angle, translation (T,3), focal (T,) as a multiple of the width.
+
+    When the clip went through the face landmarker (``ffavatar.face``) it also carries ``arkit``
+    (T,52) ARKit blendshape scores named by ``arkit_names`` (``arkit_unmeasured`` lists names the
+    landmarker does not score, kept at 0), ``landmarks`` (T,478,2) MediaPipe landmarks in the
+    estimator's crop, normalised to [0,1] of the crop side, and ``filled`` (T,) bool: frames without
+    a face whose crop and scores were interpolated from their neighbours."""
 
     expression: np.ndarray
     pose: np.ndarray
@@ -81,6 +97,11 @@ class FlameTrack:
     focal: np.ndarray
     fps: float = 25.0
     expression_names: list[str] = field(default_factory=list)
+    arkit: np.ndarray | None = None
+    arkit_names: list[str] = field(default_factory=list)
+    arkit_unmeasured: list[str] = field(default_factory=list)
+    landmarks: np.ndarray | None = None
+    filled: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.expression.shape[0])
@@ -91,9 +112,40 @@ class FlameTrack:
         return cls(cat("expr"), cat("pose"), cat("cam_rot"), cat("cam_t"), cat("focal"), float(fps), list(names))
 
     def frame(self, i: int) -> dict[str, Any]:
-        """One frame's parameters as plain lists (the wire/JSON form)."""
-        return {"expression": self.expression[i].tolist(), "pose": self.pose[i].tolist(),
-                "cam_rot": self.cam_rot[i].tolist(), "cam_t": self.cam_t[i].tolist(), "focal": float(self.focal[i])}
+        """One frame's parameters as plain lists (the wire/JSON form); with landmarker data also
+        ``arkit`` ({ARKit name: score}, measured names only) and ``face`` ("found"/"interpolated")."""
+        out: dict[str, Any] = {"expression": self.expression[i].tolist(), "pose": self.pose[i].tolist(),
+                               "cam_rot": self.cam_rot[i].tolist(), "cam_t": self.cam_t[i].tolist(),
+                               "focal": float(self.focal[i])}
+        if self.arkit is not None:
+            skip = set(self.arkit_unmeasured)
+            out["arkit"] = {n: float(v) for n, v in zip(self.arkit_names, self.arkit[i]) if n not in skip}
+        if self.filled is not None:
+            out["face"] = "interpolated" if bool(self.filled[i]) else "found"
+        return out
+
+    @classmethod
+    def from_params(cls, params: Sequence[dict[str, Any]], fps: float, names: list[str],
+                    faces: Sequence[Any] | None = None) -> FlameTrack:
+        """Inverse of :meth:`frame` over a clip (``AnimatedFrame.params``), plus the frames' faces."""
+        if not params:
+            raise InvalidInput("no frames to make a track of")
+        arr = lambda k: np.array([p[k] for p in params], np.float32)  # noqa: E731
+        track = cls(arr("expression"), arr("pose"), arr("cam_rot"), arr("cam_t"), arr("focal"), float(fps), list(names))
+        return track.with_faces(faces) if faces and all(f is not None for f in faces) else track
+
+    def with_faces(self, faces: Sequence[Any]) -> FlameTrack:
+        """This track plus the landmarker data of its frames (``ffavatar.face.ClipFace`` per frame, in
+        order); returned unchanged when the faces carry no landmarks (Haar fallback)."""
+        from .face.landmarker import ARKIT_NAMES, UNMEASURED_ARKIT
+
+        if not faces or any(f.points is None for f in faces):
+            return self
+        lmk = np.stack([f.box.to_crop(f.points[:, :2], 1)[:, :2] for f in faces]).astype(np.float32)
+        arkit = np.stack([f.arkit for f in faces]).astype(np.float32)
+        filled = np.array([f.filled for f in faces], dtype=bool)
+        return FlameTrack(self.expression, self.pose, self.cam_rot, self.cam_t, self.focal, self.fps,
+                          self.expression_names, arkit, list(ARKIT_NAMES), list(UNMEASURED_ARKIT), lmk, filled)
 
     def estimates(self, device: torch.device) -> EstimatedFlame:
         t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
@@ -106,9 +158,18 @@ class FlameTrack:
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"format": "ffavatar-track", "version": 1, "fps": self.fps, "joints": list(JOINT_NAMES),
                 "expression_names": self.expression_names}
+        extra = {}
+        if self.arkit is not None:
+            meta.update(arkit_names=list(self.arkit_names), arkit_unmeasured=list(self.arkit_unmeasured))
+            extra["arkit"] = np.asarray(self.arkit, np.float32)
+        if self.landmarks is not None:
+            meta["landmarks"] = "MediaPipe 478 (x, y) in the estimator's crop, normalised to [0, 1]"
+            extra["landmarks"] = np.asarray(self.landmarks, np.float32)
+        if self.filled is not None:
+            extra["filled"] = np.asarray(self.filled, bool)
         with open(path, "wb") as f:
             np.savez(f, expression=self.expression, pose=self.pose, cam_rot=self.cam_rot, cam_t=self.cam_t,
-                     focal=self.focal, meta=np.array(json.dumps(meta)))
+                     focal=self.focal, meta=np.array(json.dumps(meta)), **extra)
         return path
 
     @classmethod
@@ -116,20 +177,24 @@ class FlameTrack:
         try:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
+                opt = lambda k: z[k] if k in z.files else None  # noqa: E731
                 return cls(z["expression"], z["pose"], z["cam_rot"], z["cam_t"], z["focal"], float(meta["fps"]),
-                           list(meta.get("expression_names", [])))
+                           list(meta.get("expression_names", [])), opt("arkit"), list(meta.get("arkit_names", [])),
+                           list(meta.get("arkit_unmeasured", [])), opt("landmarks"), opt("filled"))
         except (OSError, KeyError, ValueError) as e:
             raise CheckpointError(f"{Path(path).name} is not an FFAvatar track (.npz): {e}") from e
 
 
 @dataclass
 class AnimatedFrame:
-    """One reenacted frame: RGB uint8 (H,W,3), alpha uint8 (H,W) and the frame's FLAME parameters."""
+    """One reenacted frame: RGB uint8 (H,W,3), alpha uint8 (H,W) and the frame's FLAME parameters;
+    ``face``: the driver frame's face (``ffavatar.face.ClipFace`` without its pixels) when crop="detect"."""
 
     index: int
     image: np.ndarray
     alpha: np.ndarray
     params: dict[str, Any]
+    face: Any = None
 
 
 # ------------------------------------------------------------------------------------ reconstructor
@@ -203,10 +268,17 @@ class Reconstructor:
             if crop == "none":
                 import cv2
                 sq = cv2.resize(img, (s, s), interpolation=cv2.INTER_AREA)
+            elif crop == "detect":  # the face landmarker (OpenCV's detector as a logged fallback)
+                sq = face_crop(img, s, name=f"image {i}", background=self.background_uint8)[0]
             else:
-                sq = crop_portrait(img, s, detect=crop == "detect")
+                sq = crop_portrait(img, s, detect=False)
             out.append(torch.from_numpy(sq).permute(2, 0, 1).float() / 255.0)
         return torch.stack(out).to(self.device)
+
+    @property
+    def background_uint8(self) -> tuple[int, int, int]:
+        """The model's background as uint8 RGB: crops that reach past the image are padded with it."""
+        return tuple(int(v) for v in to_uint8(self.background.float().cpu().numpy()))
 
     def reconstruct(self, images: Sequence[np.ndarray], *, crop: str = "detect", progress: Progress = None,
                     cancel: Cancel = None) -> Avatar:
@@ -327,23 +399,54 @@ class Avatar:
         return result
 
     # -------------------------------------------------------------- driving
-    def _estimate(self, frames: Iterable[np.ndarray], crop: str, cancel: Cancel) -> Iterator[tuple[int, EstimatedFlame]]:
+    def _estimate(self, frames: Iterable[np.ndarray], crop: str, cancel: Cancel
+                  ) -> Iterator[tuple[int, EstimatedFlame, Any]]:
+        """(index, estimate, ClipFace or None) per driver frame. With crop="detect" the face is followed
+        through the clip (smoothed crops; frames without a face are interpolated and named in a warning)."""
+        rec = self.reconstructor
+        if crop == "detect":
+            from .face.crop import FaceCropper
+
+            def checked() -> Iterator[np.ndarray]:
+                for frame in frames:
+                    _check_cancel(cancel)
+                    yield frame
+            held: list[Any] = []  # frames without a face, waiting for the next frame with one
+            last: EstimatedFlame | None = None
+            last_i = -1
+            for cf in FaceCropper(name="the driver clip").run(checked()):
+                if cf.filled:
+                    held.append(cf)
+                    continue
+                x = rec.prepare([cf.crop(rec.image_size, rec.background_uint8)], "none")
+                with torch.no_grad():
+                    est = self.pipeline.net.estimate(x)
+                for h in held:  # their parameters: interpolated between the faces around them
+                    yield h.index, _blend(last, est, (h.index - last_i) / (cf.index - last_i)), h
+                held = []
+                last, last_i = est, cf.index
+                yield cf.index, est, cf
+            for h in held:  # the clip ended without a face: hold the last one
+                yield h.index, last, h
+            return
         for i, frame in enumerate(frames):
             _check_cancel(cancel)
-            x = self.reconstructor.prepare([frame], crop)
+            x = rec.prepare([frame], crop)
             with torch.no_grad():
-                yield i, self.pipeline.net.estimate(x)
+                yield i, self.pipeline.net.estimate(x), None
 
     def track(self, frames: Iterable[np.ndarray], *, fps: float = 25.0, crop: str = "detect",
               progress: Progress = None, cancel: Cancel = None) -> FlameTrack:
         """Predict FLAME expression, pose and camera for every driver frame."""
-        est = []
-        for i, e in self._estimate(frames, crop, cancel):
+        est, faces = [], []
+        for i, e, cf in self._estimate(frames, crop, cancel):
             est.append(e)
+            faces.append(cf)
             _report(progress, 0.0, f"tracked frame {i + 1}")
         if not est:
             raise InvalidInput("the driver clip has no frames")
-        return FlameTrack.from_estimates(est, fps, self.reconstructor.expression_names)
+        track = FlameTrack.from_estimates(est, fps, self.reconstructor.expression_names)
+        return track.with_faces(faces) if all(f is not None for f in faces) else track
 
     def _render_one(self, est: EstimatedFlame, camera: Camera | None, size: int) -> tuple[np.ndarray, np.ndarray]:
         pipe = self.pipeline
@@ -356,15 +459,21 @@ class Avatar:
     def animate(self, frames: Iterable[np.ndarray], *, size: int = 512,
                 camera: Callable[[int], Camera | None] | None = None, crop: str = "detect",
                 cancel: Cancel = None) -> Iterator[AnimatedFrame]:
-        """Reenact: per driver frame, estimate FLAME + camera, pose and render (one frame at a time)."""
+        """Reenact: per driver frame, estimate FLAME + camera, pose and render (one frame at a time).
+
+        crop="detect" follows the face with the landmarker: smoothed crops, and frames without a face
+        are interpolated from their neighbours (a warning names them) instead of stopping the run."""
         if not 16 <= size <= MAX_RENDER_SIZE:
             raise LimitExceeded(f"size must be 16..{MAX_RENDER_SIZE}, got {size}")
         names = self.reconstructor.expression_names
-        for i, est in self._estimate(frames, crop, cancel):
+        for i, est, cf in self._estimate(frames, crop, cancel):
             cam = camera(i) if camera is not None else None
             image, alpha = self._render_one(est, cam, size)
             track = FlameTrack.from_estimates([est], 25.0, names)
-            yield AnimatedFrame(i, image, alpha, track.frame(0))
+            if cf is not None:
+                track = track.with_faces([cf])
+                cf = cf.without_pixels()
+            yield AnimatedFrame(i, image, alpha, track.frame(0), cf)
 
     def render(self, track: FlameTrack, cameras: Camera | None = None, *, size: int = 512) -> np.ndarray:
         """Render a track: (T,H,W,3) uint8 from its own cameras, or from ``cameras`` (1 or T)."""

@@ -175,17 +175,14 @@ def cmd_animate(args: argparse.Namespace) -> int:
         orbit = Camera.orbit(args.orbit_frames, 0.65, 5.0, focal=1.8 * args.size, width=args.size,
                              height=args.size, device=rec.device)
     camera = (lambda i: orbit[i % len(orbit)]) if orbit is not None else None
-    frames, params = [], []
+    frames, params, faces = [], [], []
     for f in tqdm(avatar.animate(read_frames(src, args.max_frames), size=args.size, camera=camera, crop=args.crop),
                   desc="animate", unit="frame"):
         save_image(out / "frames" / f"{f.index:06d}.png", f.image)
         frames.append(f.image)
         params.append(f.params)
-    import numpy as np
-    track = FlameTrack(np.array([p["expression"] for p in params], np.float32), np.array([p["pose"] for p in params], np.float32),
-                       np.array([p["cam_rot"] for p in params], np.float32), np.array([p["cam_t"] for p in params], np.float32),
-                       np.array([p["focal"] for p in params], np.float32), fps, rec.expression_names)
-    track.save(out / "track.npz")
+        faces.append(f.face)
+    FlameTrack.from_params(params, fps, rec.expression_names, faces).save(out / "track.npz")
     write_video(out / "animation.mp4", frames, fps)
     print(f"wrote {len(frames)} frames to {out}/frames, {out}/track.npz, {out}/animation.mp4")
     return 0
@@ -299,6 +296,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"  {name:22s} {what}")
     if summary["python"].get("untrained_model"):
         print("note: no bundled checkpoint was found, an untrained model was used")
+    return 0
+
+
+def cmd_demo_real(args: argparse.Namespace) -> int:
+    """The real job end to end: kphotoalbum's demo photos of one man (a Debian package, fetched with
+    apt-get download and cached) -> personalized avatar -> animation of its webcam clip movie.avi
+    (face landmarker crops, FLAME track with ARKit-52 scores) -> with --blender-python, a saved .blend
+    with the keyed FLAME rig and the ARKit character (docs/real.md)."""
+    from .demo import run_real
+
+    out = Path(args.output)
+    summary = run_real(out, args.blender_python, args.extension, size=args.size, steps=args.steps, device=args.device)
+    print(f"\nFFAvatar real demo finished in {summary['seconds']:.0f} s. Outputs in {out}/:")
+    for name, what in (("inputs/", "the chosen head crops of the photos"), ("portraits_avatar.png", "photos | avatar before | after personalization"),
+                       ("avatar.ffa", "the personalized avatar"), ("comparison.mp4", "driver | avatar side by side"),
+                       ("track.npz", "FLAME track with ARKit-52 scores and landmarks"),
+                       ("blender/real.blend", "keyed FLAME rig + ARKit character"), ("summary.json", "what ran, timings")):
+        if (out / name.rstrip("/")).exists():
+            print(f"  {name:22s} {what}")
     return 0
 
 
@@ -438,6 +454,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=256, help="render size (default 256)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("demo-real", help="the real job on a real person's photos and webcam clip (kphotoalbum)",
+                       description=cmd_demo_real.__doc__)
+    p.add_argument("-o", "--output", default="out/demo-real", help="output folder (default: out/demo-real)")
+    p.add_argument("--blender-python", help="Python of a bpy environment to run the Blender part")
+    p.add_argument("--extension", help="the extension zip to install (dist/ffavatar-*-linux_x64.zip)")
+    p.add_argument("--size", type=int, default=256, help="render size (default 256)")
+    p.add_argument("--steps", type=int, default=150, help="personalization steps (default 150; ~1.5 s each on 2 CPU cores)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.set_defaults(func=cmd_demo_real)
     return parser
 
 

@@ -86,8 +86,10 @@ def _blender_env(home: Path) -> dict[str, str]:
 
 
 def blender_side(out: Path, portraits: list[Path], driver: Path, blender_python: Path, extension_zip: Path,
-                 repo: Path, device: str) -> dict:
-    """Install the extension privately, build the scene, run the headless batch through the backend."""
+                 repo: Path, device: str, *, sources: list[str] | None = None, run_name: str = "demo") -> dict:
+    """Install the extension privately, build the scene, run the headless batch through the backend.
+    ``sources``: the batch's avatar/driver arguments (default: the portraits, pre-cropped, and the
+    driver); the scene is saved as ``blender/<run_name>.blend``."""
     if not extension_zip.is_file():
         raise InvalidInput(f"extension zip not found: {extension_zip}", hint="run 'make extension'")
     home = out / ".blender-home"
@@ -106,9 +108,11 @@ def blender_side(out: Path, portraits: list[Path], driver: Path, blender_python:
     if r.returncode != 0:
         raise InvalidInput(f"building the demo scene failed: {r.stderr[-2000:]}")
     backend = f"{sys.executable} -m ffavatar_backend serve --device {device} --store {out / 'store'}"
-    cmd = [str(blender_python), str(ext / "batch.py"), "--", "--portraits", *map(str, portraits), "--no-crop",
-           "--driver", str(driver), "--out", str(out / "blender"), "--scene", str(scene), "--camera", "driver",
-           "--size", "256", "--run-name", "demo", "--save", str(out / "blender" / "demo.blend"),
+    if sources is None:
+        sources = ["--portraits", *map(str, portraits), "--no-crop", "--driver", str(driver)]
+    blend = out / "blender" / f"{run_name}.blend"
+    cmd = [str(blender_python), str(ext / "batch.py"), "--", *sources, "--out", str(out / "blender"), "--scene", str(scene),
+           "--camera", "driver", "--size", "256", "--run-name", run_name, "--save", str(blend),
            "--retarget", "arkit52", "--target", "ARKitFace", "ARKitRig", "--start-backend", backend]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
@@ -117,11 +121,11 @@ def blender_side(out: Path, portraits: list[Path], driver: Path, blender_python:
         raise InvalidInput(f"the Blender batch failed (exit {r.returncode}); see {out / 'blender' / 'batch.log'}:\n"
                            f"{r.stderr[-1500:]}")
     inspect = subprocess.run([str(blender_python), str(repo / "blender_addon" / "tools" / "inspect_blend.py"), "--",
-                              str(out / "blender" / "demo.blend"), "--json", str(out / "blender" / "demo_blend.json")],
+                              str(blend), "--json", str(out / "blender" / f"{run_name}_blend.json")],
                              env=env, capture_output=True, text=True, timeout=600)
     if inspect.returncode != 0:
         raise InvalidInput(f"the saved .blend does not open: {inspect.stderr[-1500:]}")
-    return {"seconds": round(time.perf_counter() - t0, 1), "blend": str(out / "blender" / "demo.blend")}
+    return {"seconds": round(time.perf_counter() - t0, 1), "blend": str(blend)}
 
 
 def run(out: Path, blender_python: Path | None = None, extension_zip: Path | None = None, size: int = 256,
@@ -145,4 +149,96 @@ def run(out: Path, blender_python: Path | None = None, extension_zip: Path | Non
             (out / "summary.json").write_text(json.dumps(summary, indent=2))
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+# ---------------------------------------------------------------------------------------- real
+REAL_SOURCES = ("jesper.jpg", "jesper_2.jpg", "bar55_2.jpg", "bar55.jpg")
+
+
+def real_inputs(out: Path, size: int, background=None) -> tuple[list[Path], Path, dict]:
+    """kphotoalbum's demo (fetched and cached): head crops of its one man from four photos (chosen
+    by identity where dlib's descriptor is installed) and the webcam clip ``movie.avi``."""
+    from .face.crop import person_crops
+    from .face.identity import FaceIdentity, identity_unavailable
+    from .face.samples import kphotoalbum_demo
+    from .images import BACKGROUND, load_image, save_image
+
+    demo = kphotoalbum_demo()
+    why = identity_unavailable()
+    if why:
+        log.warning("identity similarity unavailable (%s): the largest face of each photo is used", why)
+    crops = person_crops([load_image(demo / n) for n in REAL_SOURCES], size, identity=None if why else FaceIdentity(),
+                         background=BACKGROUND if background is None else background, names=list(REAL_SOURCES))
+    paths = [save_image(out / f"portrait_{i}.png", c.image) for i, c in enumerate(crops)]
+    info = {"photos": list(REAL_SOURCES), "identity": why or "dlib ResNet descriptor",
+            "identity_distance": [None if c.distance is None else round(c.distance, 3) for c in crops],
+            "face_sources": [c.face.source for c in crops]}
+    return paths, demo / "movie.avi", info
+
+
+def python_side_real(out: Path, portraits: list[Path], driver: Path, size: int, steps: int, device: str) -> dict:
+    """Reconstruct + personalize on the real portraits, drive with the real clip, and the pictures."""
+    import cv2
+
+    from .api import FlameTrack, Reconstructor
+    from .images import load_image, read_frames, save_image, video_fps, write_video
+
+    t0 = time.perf_counter()
+    rec = Reconstructor.from_checkpoint(None, device=device)
+    images = [load_image(p) for p in portraits]
+    avatar = rec.reconstruct(images, crop="none")
+    before = avatar.render(avatar.track(images, crop="none"), size=rec.image_size)
+    pers = avatar.personalize(steps=steps) if steps else {"steps": 0}
+    after = avatar.render(avatar.track(images, crop="none"), size=rec.image_size)
+    avatar.save(out / "avatar.ffa")
+    avatar.to_ply(out / "avatar.ply")
+    grid = np.concatenate([np.concatenate(images, 1), np.concatenate(list(before), 1), np.concatenate(list(after), 1)], 0)
+    save_image(out / "portraits_avatar.png", cv2.resize(grid, None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST))
+    frames = list(read_frames(driver))
+    fps = video_fps(driver)
+    anim = list(avatar.animate(frames, size=size))
+    for a in anim:
+        save_image(out / "frames" / f"{a.index:04d}.png", a.image)
+    track = FlameTrack.from_params([a.params for a in anim], fps, rec.expression_names, [a.face for a in anim])
+    track.save(out / "track.npz")
+    write_video(out / "animation.mp4", [a.image for a in anim], fps=fps)
+    side = [np.concatenate([cv2.resize(f, (size * f.shape[1] // f.shape[0], size)), a.image], axis=1)
+            for f, a in zip(frames, anim)]
+    write_video(out / "comparison.mp4", side, fps=fps)
+    picks = np.linspace(0, len(side) - 1, 4).astype(int)
+    save_image(out / "comparison.png", np.concatenate([side[i] for i in picks], axis=0))
+    return {"seconds": round(time.perf_counter() - t0, 1), "frames": len(anim), "personalization": pers,
+            "frames_without_face": [int(i) for i in np.flatnonzero(track.filled)] if track.filled is not None else None,
+            "arkit": track.arkit is not None, "untrained_model": bool(rec.meta.get("untrained")),
+            "head_model_id": rec.head_model_id}
+
+
+def run_real(out: Path, blender_python: Path | None = None, extension_zip: Path | None = None, size: int = 256,
+             steps: int = 150, device: str = "cpu") -> dict:
+    """``make demo-real``: the real job on kphotoalbum's identity and clip, into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    repo = Path(__file__).resolve().parent.parent
+    t0 = time.perf_counter()
+    from .api import Reconstructor
+
+    rec = Reconstructor.from_checkpoint(None, device=device)
+    portraits, driver, info = real_inputs(out / "inputs", rec.image_size, rec.background_uint8)
+    summary: dict = {"inputs": {**info, "portraits": [str(p) for p in portraits], "driver": str(driver)}}
+    summary["python"] = python_side_real(out, portraits, driver, size, steps, device)
+    try:
+        if blender_python is not None:
+            import shutil
+
+            from ffavatar_backend.store import AvatarStore
+
+            # the personalized avatar goes into the backend's store: the batch animates it by id
+            entry = AvatarStore(out / "store").create(lambda p: shutil.copyfile(out / "avatar.ffa", p),
+                                                      name="kphotoalbum demo (personalized)")
+            sources = ["--avatar", entry["id"], "--driver", str(driver)]
+            summary["blender"] = blender_side(out, portraits, driver, Path(blender_python), Path(extension_zip or ""),
+                                              repo, device, sources=sources, run_name="real")
+    finally:
+        summary["seconds"] = round(time.perf_counter() - t0, 1)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -158,11 +158,11 @@ def test_smoothing_removes_jitter_and_outliers_but_not_across_gaps():
     assert np.abs(out[19, 0] - 100.0) < 4 and np.abs(out[20, 0] - 300.0) < 4  # segments not mixed
 
 
-def test_crop_box_replicates_the_border_outside_the_image():
+def test_crop_box_pads_outside_the_image_never_smears():
     img = np.zeros((10, 10, 3), np.uint8)
-    img[..., 0] = np.arange(10)[None, :] * 20
+    img[..., 0] = np.arange(10)[None, :] * 20 + 10
     out = crop_box(img, 0.0, 5.0, 10.0, 10)  # left half outside the image
-    assert (out[:, :5, 0] == 0).all()
+    assert (out[:, :5] == 255).all()  # white padding (the models' background), not the edge column
     np.testing.assert_array_equal(out[:, 5:, 0], img[:, :5, 0])
 
 

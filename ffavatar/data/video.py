@@ -6,11 +6,15 @@ clips of one folder (NeRSemble's ``<p>/sequences/<S>/images/``) are ONE identity
 view per camera (:func:`group_clips`; the dataset is then ``multiview``; crops are per camera and
 carry no calibration — read NeRSemble in place to keep it). Frames are face-cropped to ``size`` squares:
 
-* ``crop="detect"``: pass 1 decodes the clip and runs OpenCV's face detector on every kept frame
+* ``crop="detect"``: pass 1 decodes the clip and runs the face landmarker (``ffavatar.face``; OpenCV's
+  detector when it is unavailable, with a warning) on every kept frame
   (or every ``detect_every``-th, interpolating between); the boxes (centre x, centre y, side) are
   checked against a running median for outliers and smoothed by a Gaussian-weighted local line fit
   so the crop neither jitters nor lags; pass 2 decodes again and cuts the smoothed boxes (two passes
-  keep memory bounded for long clips). Frames without a face are skipped and counted.
+  keep memory bounded for long clips). Frames without a face are skipped and counted. Crops that
+  reach past the frame are padded with white. With the landmarker, each identity also gets
+  ``landmarks.npz`` (:func:`read_landmarks`): 478 landmarks and 52 ARKit scores per written frame,
+  for landmark losses as weak supervision.
 * ``crop="center"``: the centred square of each frame (no detection).
 
 Masks and cameras are absent (monocular data). Conversion is resumable: a clip whose identity
@@ -19,6 +23,7 @@ folder already holds an ``identity.json`` is skipped unless ``overwrite=True``.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
@@ -26,18 +31,18 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from ..errors import FFAvatarError, InvalidInput
-from ..images import IMAGE_SUFFIXES, FaceDetector, read_frames, save_image
+from ..face.crop import CropBox, crop_image, face_box, smooth_boxes
+from ..face.landmarker import ARKIT_NAMES, FaceFinder
+from ..images import IMAGE_SUFFIXES, read_frames, save_image
 from .folder import FrameRecord, IdentityRecord, ViewRecord, check_id, write_dataset_index, write_identity
 
 log = logging.getLogger(__name__)
 
 CROPS = ("detect", "center")
-FACE_MARGIN = 1.9  # crop side = this × the detected face box side (hair and chin), as images.crop_portrait
-FACE_CENTER_Y = 0.45  # crop centre at this fraction of the face box height (eyes sit above the box centre)
+LANDMARKS_FILE = "landmarks.npz"  # per identity: the landmarker's output on the written crops
 
 
 @dataclass
@@ -102,61 +107,10 @@ def group_clips(paths: Sequence[Path]) -> list[tuple[str, list[Path]]]:
             for name, clips in groups.values()]
 
 
-def smooth_boxes(times: np.ndarray, boxes: np.ndarray, sigma: float = 2.0, median: int = 5,
-                 outlier: float = 0.2) -> np.ndarray:
-    """Temporally smoothed crop boxes.
-
-    Args:
-        times: (N,) frame times (any unit; ``sigma`` is in the same unit), increasing.
-        boxes: (N, 3) per-frame (centre x, centre y, side) in pixels.
-        sigma: width of the Gaussian-weighted local linear fit (steady motion is followed without
-            lag, also at the ends); 0 disables it.
-        median: odd window (in samples) of a running median; a box that differs from it by more than
-            ``outlier`` × its side (a false or jumpy detection) is replaced by the median first.
-    Returns:
-        (N, 3) smoothed boxes. Frames more than 3σ apart do not influence each other, so a gap in the
-        detections (a cut) is not smeared across.
-    """
-    t = np.asarray(times, dtype=np.float64)
-    b = np.asarray(boxes, dtype=np.float64)
-    n = len(b)
-    if n == 0:
-        return b.reshape(0, 3)
-    if median > 1:
-        h = median // 2
-        med = np.stack([np.median(b[max(0, i - h):i + h + 1], axis=0) for i in range(n)])
-        bad = (np.abs(b - med) > outlier * np.abs(med[:, 2:3])).any(axis=1)
-        b = np.where(bad[:, None], med, b)
-    if sigma <= 0:
-        return b
-    out = np.empty_like(b)
-    lo = np.searchsorted(t, t - 3 * sigma, side="left")
-    hi = np.searchsorted(t, t + 3 * sigma, side="right")
-    for i in range(n):  # Gaussian-weighted local line fit, evaluated at t_i (no lag on steady motion)
-        d = t[lo[i]:hi[i]] - t[i]
-        w = np.exp(-0.5 * (d / sigma) ** 2)
-        y = b[lo[i]:hi[i]]
-        s0, s1, s2 = w.sum(), (w * d).sum(), (w * d * d).sum()
-        y0, y1 = (w[:, None] * y).sum(0), ((w * d)[:, None] * y).sum(0)
-        det = s0 * s2 - s1 * s1
-        out[i] = (s2 * y0 - s1 * y1) / det if det > 1e-9 * max(s0 * s2, 1e-30) else y0 / s0
-    return out
-
-
 def crop_box(img: np.ndarray, cx: float, cy: float, side: float, size: int) -> np.ndarray:
     """The square ``side`` px box centred at (cx, cy) of RGB uint8 ``img``, resized to ``size``;
-    outside the image the border pixels are replicated."""
-    h, w = img.shape[:2]
-    s = max(1, int(round(side)))
-    x0, y0 = int(round(cx - s / 2)), int(round(cy - s / 2))
-    pad = max(0, -x0, -y0, x0 + s - w, y0 + s - h)
-    if pad:
-        img = cv2.copyMakeBorder(img, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-        x0, y0 = x0 + pad, y0 + pad
-    patch = img[y0:y0 + s, x0:x0 + s]
-    if s == size:
-        return np.ascontiguousarray(patch)
-    return cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA if s > size else cv2.INTER_LINEAR)
+    outside the image it is padded with white (the models' background), never smeared."""
+    return crop_image(img, CropBox(float(cx), float(cy), float(side)), size)
 
 
 def _kept(source: Path, every: int) -> Iterator[tuple[int, np.ndarray]]:
@@ -166,11 +120,13 @@ def _kept(source: Path, every: int) -> Iterator[tuple[int, np.ndarray]]:
             yield i, frame
 
 
-def _detect_boxes(source: Path, every: int, max_frames: int | None, detector: FaceDetector, smooth: float,
-                  detect_every: int = 1) -> tuple[list[int], np.ndarray, int]:
+def _detect_boxes(source: Path, every: int, max_frames: int | None, detector: FaceFinder, smooth: float,
+                  detect_every: int = 1, faces: dict | None = None) -> tuple[list[int], np.ndarray, int]:
     """Pass 1: detect faces on every ``detect_every``-th kept frame, smooth the boxes over time and
     interpolate them to the frames in between (a frame needs a face on the detections either side of
-    it). Returns (source frame indices to write, their (N, 3) boxes, kept frames without a face)."""
+    it). Returns (source frame indices to write, their (N, 3) boxes, kept frames without a face);
+    ``faces`` (when given) receives {source frame index: Face} of the detections."""
+    detector.reset_video()
     kept: list[int] = []
     det_k, det_box = [], []
     for k, (i, frame) in enumerate(_kept(source, every)):
@@ -179,11 +135,13 @@ def _detect_boxes(source: Path, every: int, max_frames: int | None, detector: Fa
         kept.append(i)
         if k % detect_every:
             continue
-        box = detector.detect(frame)
-        if box is None:
+        found = detector.find(frame, timestamp_ms=40 * i)
+        if not found:
             continue
         det_k.append(k)
-        det_box.append((box.x + box.w / 2, box.y + box.h * FACE_CENTER_Y, max(box.w, box.h) * FACE_MARGIN))
+        det_box.append(face_box(found[0]).as_array())
+        if faces is not None:
+            faces[i] = found[0]
     if not det_k:
         return [], np.zeros((0, 3)), len(kept)
     t = np.asarray(det_k, dtype=np.float64)
@@ -205,7 +163,7 @@ def _detect_boxes(source: Path, every: int, max_frames: int | None, detector: Fa
 
 
 def _convert_one(source: Path, ident: str, root: Path, *, size: int, every: int, max_frames: int | None,
-                 crop: str, fmt: str, smooth: float, detector: FaceDetector | None,
+                 crop: str, fmt: str, smooth: float, detector: FaceFinder | None,
                  detect_every: int = 1, view: int = 0, frames: list[FrameRecord] | None = None) -> tuple[int, int]:
     """Write one clip's frames as ``view`` of an identity, and its identity.json unless ``frames`` (a
     list to append the frame records to) is given; returns (frames written, frames without a face)."""
@@ -221,7 +179,8 @@ def _convert_one(source: Path, ident: str, root: Path, *, size: int, every: int,
     skipped = 0
     if crop == "detect":
         assert detector is not None
-        idx, boxes, skipped = _detect_boxes(source, every, max_frames, detector, smooth, detect_every)
+        faces: dict = {}
+        idx, boxes, skipped = _detect_boxes(source, every, max_frames, detector, smooth, detect_every, faces)
         if max_frames is not None:
             idx, boxes = idx[:max_frames], boxes[:max_frames]
         if idx:
@@ -232,6 +191,7 @@ def _convert_one(source: Path, ident: str, root: Path, *, size: int, every: int,
                 if i in lookup:
                     cx, cy, side = boxes[lookup[i]]
                     write(i, crop_box(frame, cx, cy, side, size))
+            _write_landmarks(folder, idx, boxes, faces, view)
     else:
         for i, frame in _kept(source, every):
             if max_frames is not None and len(frames) >= max_frames:
@@ -257,6 +217,45 @@ def _convert_group(clips: list[Path], ident: str, root: Path, **kw) -> tuple[int
     if records:
         write_identity(root, IdentityRecord(id=ident, frames=records), [])
     return len(records), skipped
+
+
+def landmarks_file(view: int = 0) -> str:
+    """``landmarks.npz`` for view 0 (every monocular clip), ``landmarks_vNN.npz`` for other views."""
+    return LANDMARKS_FILE if view == 0 else f"landmarks_v{view:02d}.npz"
+
+
+def _write_landmarks(folder: Path, idx: list[int], boxes: np.ndarray, faces: dict, view: int = 0) -> None:
+    """Per written frame of ``view``, the landmarker's points in its crop (see read_landmarks)."""
+    if not idx or not any(f.points is not None for f in faces.values()):
+        return
+    n = len(idx)
+    lmk = np.zeros((n, 478, 2), np.float32)
+    arkit = np.zeros((n, len(ARKIT_NAMES)), np.float32)
+    has = np.zeros(n, bool)
+    for k, i in enumerate(idx):
+        f = faces.get(i)
+        if f is not None and f.points is not None:
+            lmk[k] = CropBox.from_array(boxes[k]).to_crop(f.points[:, :2], 1)
+            arkit[k] = f.arkit if f.arkit is not None else 0
+            has[k] = True
+    meta = {"landmarks": "MediaPipe 478 (x, y) in the written crop, normalised to [0, 1]",
+            "arkit_names": list(ARKIT_NAMES)}
+    with open(folder / landmarks_file(view), "wb") as fh:
+        np.savez(fh, frames=np.asarray(idx, np.int64), landmarks=lmk, arkit=arkit, has=has,
+                 meta=np.array(json.dumps(meta)))
+
+
+def read_landmarks(folder: str | Path, view: int = 0) -> dict[str, np.ndarray] | None:
+    """An identity folder's landmarks of ``view`` (:func:`landmarks_file`): ``frames (N,)`` source frame indices (as the
+    identity's frame records), ``landmarks (N, 478, 2)`` in [0, 1] of the crop, ``arkit (N, 52)``,
+    ``has (N,)`` bool (frames between detections have none), ``arkit_names``; None when absent."""
+    p = Path(folder) / landmarks_file(view)
+    if not p.is_file():
+        return None
+    with np.load(p, allow_pickle=False) as z:
+        out = {k: z[k] for k in ("frames", "landmarks", "arkit", "has")}
+        out["arkit_names"] = np.array(json.loads(str(z["meta"]))["arkit_names"])
+    return out
 
 
 def convert_videos(videos: Sequence[str | Path], out_dir: str | Path, size: int = 256, every: int = 1,
@@ -310,7 +309,7 @@ def convert_videos(videos: Sequence[str | Path], out_dir: str | Path, size: int 
             raise InvalidInput(f"{root} holds a {ds.kind} dataset and these clips make a {kind} one; convert them "
                                "into another folder")
         known = list(ds.identities)
-    detector = FaceDetector() if crop == "detect" else None
+    detector = FaceFinder() if crop == "detect" else None
     report = VideoConversion(root=root)
     for (_, clips), ident in zip(groups, _unique_ids([name for name, _ in groups])):
         path = clips[0] if len(clips) == 1 else clips[0].parent
@@ -351,4 +350,5 @@ def convert_videos(videos: Sequence[str | Path], out_dir: str | Path, size: int 
     return report
 
 
-__all__ = ["VideoConversion", "convert_videos", "crop_box", "sanitize_id", "smooth_boxes"]
+__all__ = ["LANDMARKS_FILE", "VideoConversion", "convert_videos", "crop_box", "landmarks_file", "read_landmarks", "sanitize_id",
+           "smooth_boxes"]
